@@ -1,0 +1,181 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Listen holds the addresses the server listens on.
+	Listen Listen `yaml:"listen"`
+	// Admin configures the admin API.
+	Admin Admin `yaml:"admin"`
+	// Log configures logging.
+	Log Log `yaml:"log"`
+	// Envoy holds the names envoy-keypool and the Envoy configuration agree on.
+	Envoy Envoy `yaml:"envoy"`
+	// State selects where key state lives.
+	State State `yaml:"state"`
+	// Pools are the key pools, each named by the Envoy filter that uses it.
+	Pools []Pool `yaml:"pools"`
+}
+
+// Listen holds listener addresses.
+type Listen struct {
+	// GRPC serves ext_proc and the gRPC health service. Default ":9001".
+	GRPC string `yaml:"grpc"`
+	// Admin serves /metrics, /healthz, /readyz and the key API. Default ":9002".
+	Admin string `yaml:"admin"`
+}
+
+// Admin configures the admin API.
+type Admin struct {
+	// Token guards the key API (listing, disabling and enabling keys). Without it the
+	// key API is off; /metrics and the health endpoints stay open. Default: none.
+	Token SecretRef `yaml:"token"`
+
+	token string // resolved Token
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is json or human. Default json.
+	Format string `yaml:"format"`
+}
+
+// Read parses and checks the configuration in r and reads its secrets through env.
+// The error lists every problem found, each naming its field.
+func Read(r io.Reader, env Environ) (*Config, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("config is empty")
+		}
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	c.applyDefaults()
+	// Secrets are read even when the file has other problems, so one run reports all.
+	if err := errors.Join(c.validate(), c.resolveSecrets(env)); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Load is Read for a file, reading secrets from the process environment.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open config: %w", err)
+	}
+	defer f.Close()
+	c, err := Read(f, os.LookupEnv)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) applyDefaults() {
+	setDefault(&c.Listen.GRPC, ":9001")
+	setDefault(&c.Listen.Admin, ":9002")
+	setDefault(&c.Log.Level, "info")
+	setDefault(&c.Log.Format, "json")
+	c.Envoy.applyDefaults()
+	c.State.applyDefaults()
+	for i := range c.Pools {
+		c.Pools[i].applyDefaults()
+	}
+}
+
+func setDefault[T comparable](field *T, def T) {
+	var zero T
+	if *field == zero {
+		*field = def
+	}
+}
+
+// fieldError names the field a problem is about, e.g. "pools[0].keys[1].secret".
+func fieldError(path string, err error) error {
+	return fmt.Errorf("%s: %w", path, err)
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Listen.GRPC == c.Listen.Admin {
+		errs = append(errs, fieldError("listen.admin", fmt.Errorf("same address as listen.grpc (%s)", c.Listen.GRPC)))
+	}
+	if c.Admin.Token != "" {
+		if err := c.Admin.Token.Check(); err != nil {
+			errs = append(errs, fieldError("admin.token", err))
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fieldError("log.level", fmt.Errorf("%q is not one of debug, info, warn, error", c.Log.Level)))
+	}
+	switch c.Log.Format {
+	case "json", "human":
+	default:
+		errs = append(errs, fieldError("log.format", fmt.Errorf("%q is not one of json, human", c.Log.Format)))
+	}
+	errs = append(errs, c.Envoy.validate("envoy")...)
+	errs = append(errs, c.State.validate("state")...)
+	if len(c.Pools) == 0 {
+		errs = append(errs, fieldError("pools", errors.New("no pool configured")))
+	}
+	names := map[string]int{}
+	for i := range c.Pools {
+		path := fmt.Sprintf("pools[%d]", i)
+		p := &c.Pools[i]
+		if j, dup := names[p.Name]; dup && p.Name != "" {
+			errs = append(errs, fieldError(path+".name", fmt.Errorf("duplicate pool name %q (also pools[%d])", p.Name, j)))
+		}
+		names[p.Name] = i
+		errs = append(errs, p.validate(path)...)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) resolveSecrets(env Environ) error {
+	var errs []error
+	for i := range c.Pools {
+		errs = append(errs, c.Pools[i].resolveSecrets(fmt.Sprintf("pools[%d]", i), env)...)
+	}
+	if c.Admin.Token.Check() == nil {
+		v, err := c.Admin.Token.Resolve(env)
+		if err != nil {
+			errs = append(errs, fieldError("admin.token", err))
+		}
+		c.Admin.token = v
+	}
+	errs = append(errs, c.State.resolveSecrets("state", env)...)
+	return errors.Join(errs...)
+}
+
+// Pool returns the pool called name.
+func (c *Config) Pool(name string) (*Pool, bool) {
+	for i := range c.Pools {
+		if c.Pools[i].Name == name {
+			return &c.Pools[i], true
+		}
+	}
+	return nil, false
+}
+
+// AdminToken is the resolved admin token; "" when the key API is off.
+func (c *Config) AdminToken() string { return c.Admin.token }

@@ -1,0 +1,243 @@
+package config_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/envoy-keypool/envoy-keypool/config"
+	"github.com/envoy-keypool/envoy-keypool/keypool"
+)
+
+// env is an Environ backed by a map.
+func env(vars map[string]string) config.Environ {
+	return func(name string) (string, bool) {
+		v, ok := vars[name]
+		return v, ok
+	}
+}
+
+func exampleEnv() config.Environ {
+	return env(map[string]string{
+		"OPENAI_API_KEY_1":          "test-openai-value-1-aaaaaaaa",
+		"OPENAI_API_KEY_2":          "test-openai-value-2-bbbbbbbb",
+		"ANTHROPIC_API_KEY_1":       "test-anthropic-value-1-cccc",
+		"ANTHROPIC_API_KEY_2":       "test-anthropic-value-2-dddd",
+		"ENVOY_KEYPOOL_ADMIN_TOKEN": "test-admin-token",
+	})
+}
+
+func TestExampleLoads(t *testing.T) {
+	f, err := os.Open("example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c, err := config.Read(f, exampleEnv())
+	if err != nil {
+		t.Fatalf("example.yaml: %v", err)
+	}
+	p, ok := c.Pool("anthropic")
+	if !ok {
+		t.Fatal("no anthropic pool")
+	}
+	keys := p.ResolvedKeys()
+	if len(keys) != 2 || keys[0].ID() != "anthropic-primary" || keys[0].Value() != "test-anthropic-value-1-cccc" {
+		t.Errorf("anthropic keys = %v", keys)
+	}
+	if got := p.Policy()[keypool.ReasonForbidden]; got.Default != 15*time.Second || got.Max != keypool.DefaultPolicy()[keypool.ReasonForbidden].Max {
+		t.Errorf("forbidden rule = %+v, want default 15s and the default max", got)
+	}
+	if c.AdminToken() != "test-admin-token" || c.State.Redis != nil {
+		t.Errorf("admin token %q, redis %v", c.AdminToken(), c.State.Redis)
+	}
+	o, _ := c.Pool("openai")
+	if o.BYOK != config.BYOKDeny || !o.FailsOver(429) || o.FailsOver(529) || o.Route.Prefix != "/openai/" ||
+		o.Route.Upstream != "https://api.openai.com" {
+		t.Errorf("openai defaults: %+v", o)
+	}
+}
+
+const validPool = `
+pools:
+  - name: p
+    provider: openai
+    keys:
+      - id: k1
+        secret: env:K1
+`
+
+func TestBadConfigNamesTheField(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string // each must appear in the error
+	}{
+		{"empty file", ``, []string{"config is empty"}},
+		{"no pools", `listen: {grpc: ":1"}`, []string{"pools: no pool configured"}},
+		{"unknown top-level field", validPool + "bogus: 1\n", []string{"field bogus not found"}},
+		{"unknown pool field", `
+pools:
+  - name: p
+    provider: openai
+    colour: blue
+    keys: [{id: k1, secret: env:K1}]`, []string{"field colour not found"}},
+		{"missing secret", `
+pools:
+  - name: p
+    provider: openai
+    keys: [{id: k1}]`, []string{"pools[0].keys[0].secret: missing"}},
+		{"secret env not set", `
+pools:
+  - name: p
+    provider: openai
+    keys: [{id: k1, secret: env:NOT_SET_ANYWHERE}]`, []string{"pools[0].keys[0].secret: environment variable NOT_SET_ANYWHERE is not set"}},
+		{"literal secret refused", `
+pools:
+  - name: p
+    provider: openai
+    keys: [{id: k1, secret: literal-value-in-file}]`, []string{"pools[0].keys[0].secret: must be \"env:NAME\" or \"file:PATH\""}},
+		{"duplicate key id", `
+pools:
+  - name: p
+    provider: openai
+    keys: [{id: k1, secret: env:K1}, {id: k1, secret: env:K1}]`, []string{`pools[0].keys[1].id: duplicate key id "k1"`}},
+		{"unknown provider", `
+pools:
+  - name: p
+    provider: openia
+    keys: [{id: k1, secret: env:K1}]`, []string{`pools[0].provider: unknown provider "openia"`}},
+		{"min > max", `
+pools:
+  - name: p
+    provider: openai
+    cooldowns: {rate_limited: {min: 1h, max: 1m}}
+    keys: [{id: k1, secret: env:K1}]`, []string{"pools[0].cooldowns.rate_limited: min 1h0m0s is greater than max 1m0s"}},
+		{"unknown cooldown reason", `
+pools:
+  - name: p
+    provider: openai
+    cooldowns: {sleepy: {min: 1s}}
+    keys: [{id: k1, secret: env:K1}]`, []string{`pools[0].cooldowns.sleepy: unknown reason "sleepy"`}},
+		{"bad duration", `
+pools:
+  - name: p
+    provider: openai
+    cooldowns: {rate_limited: {default: soon}}
+    keys: [{id: k1, secret: env:K1}]`, []string{`invalid duration "soon"`}},
+		{"empty pool", `
+pools:
+  - name: p
+    provider: openai
+    keys: []`, []string{"pools[0].keys: pool has no keys"}},
+		{"5xx is not a key failure", `
+pools:
+  - name: p
+    provider: anthropic
+    failure_statuses: [429, 529]
+    keys: [{id: k1, secret: env:K1}]`, []string{"pools[0].failure_statuses[1]: 529 is not a key failure"}},
+		{"bad byok", `
+pools:
+  - name: p
+    provider: openai
+    byok: sometimes
+    keys: [{id: k1, secret: env:K1}]`, []string{`pools[0].byok: "sometimes" is not one of deny, allow`}},
+		{"duplicate pool", validPool + `  - name: p
+    provider: openai
+    keys: [{id: k1, secret: env:K1}]`, []string{`pools[1].name: duplicate pool name "p"`}},
+		{"redis timeout above message_timeout", validPool + `
+state:
+  redis: {url: "redis://localhost:6379", timeout: 250ms}`, []string{"state.redis.timeout: 250ms is outside"}},
+		{"redis without address", validPool + `
+state:
+  redis: {prefix: "x:"}`, []string{"state.redis: give url or addrs"}},
+		{"redis bad url", validPool + `
+state:
+  redis: {url: "http://localhost"}`, []string{"state.redis.url: must be a redis://"}},
+		{"marker header in x-envoy namespace", validPool + `
+envoy: {retry_marker_header: x-envoy-retry-me}`, []string{"envoy.retry_marker_header: x-envoy-*"}},
+		{"all problems at once", `
+log: {level: loud}
+pools:
+  - name: "bad name"
+    provider: nope
+    keys: [{id: k1}]`, []string{"log.level", "pools[0].name", "pools[0].provider", "pools[0].keys[0].secret"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Read(strings.NewReader(tt.yaml), env(map[string]string{"K1": "test-k1-value"}))
+			if err == nil {
+				t.Fatal("Read accepted a bad config")
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not contain %q", err, want)
+				}
+			}
+		})
+	}
+}
+
+func TestSecretFromFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "key")
+	if err := os.WriteFile(path, []byte("  test-file-secret-value\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yaml := "pools:\n  - name: p\n    provider: openai\n    keys: [{id: k1, secret: \"file:" + path + "\"}]\n"
+	c, err := config.Read(strings.NewReader(yaml), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Pools[0].ResolvedKeys()[0].Value(); got != "test-file-secret-value" {
+		t.Errorf("value = %q", got)
+	}
+	for _, bad := range []string{empty, filepath.Join(dir, "missing")} {
+		yaml := "pools:\n  - name: p\n    provider: openai\n    keys: [{id: k1, secret: \"file:" + bad + "\"}]\n"
+		if _, err := config.Read(strings.NewReader(yaml), env(nil)); err == nil || !strings.Contains(err.Error(), "pools[0].keys[0].secret") {
+			t.Errorf("file %s: err = %v", bad, err)
+		}
+	}
+}
+
+func TestErrorsNeverShowSecrets(t *testing.T) {
+	const secret = "test-secret-that-must-not-show"
+	yaml := `
+log: {level: loud}
+admin: {token: env:TOKEN}
+state:
+  redis: {url: "redis://x:6379", password: env:TOKEN, timeout: 1s}
+pools:
+  - name: p
+    provider: openai
+    keys: [{id: k1, secret: env:K1}, {id: k1, secret: env:K1}]
+`
+	_, err := config.Read(strings.NewReader(yaml), env(map[string]string{"K1": secret, "TOKEN": secret}))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	if strings.Contains(err.Error(), secret) {
+		t.Errorf("error shows a secret: %v", err)
+	}
+}
+
+func TestRedisPasswordResolved(t *testing.T) {
+	yaml := validPool + `
+state:
+  redis: {addrs: ["127.0.0.1:6379"], password: env:RP}
+`
+	c, err := config.Read(strings.NewReader(yaml), env(map[string]string{"K1": "v", "RP": "test-redis-pass"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.State.Redis
+	if r.ResolvedPassword() != "test-redis-pass" || r.Prefix != "envoy-keypool:" || r.Timeout.Std() != 50*time.Millisecond {
+		t.Errorf("redis = %+v", r)
+	}
+}

@@ -1,0 +1,154 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"cdr.dev/slog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/envoy-keypool/envoy-keypool/keypool"
+	"github.com/envoy-keypool/envoy-keypool/providers"
+)
+
+// attempt is the state of one Process stream, that is one upstream attempt.
+type attempt struct {
+	server   *Server
+	poolName string
+	target   *Target // nil when poolName names no pool
+
+	sawRequest bool
+	id         keypool.Attempt
+	key        keypool.Key // zero until a key was injected
+	injected   bool
+}
+
+// handle answers one message; nil means no answer is due.
+func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+	if req.GetObservabilityMode() {
+		return nil // Envoy ignores answers in observability mode.
+	}
+	switch r := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		return a.onRequestHeaders(ctx, headerView{r.RequestHeaders.GetHeaders().GetHeaders()})
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		return a.onResponseHeaders(ctx, headerView{r.ResponseHeaders.GetHeaders().GetHeaders()})
+	case nil:
+		return nil // e.g. a flow-control-only message: nothing to answer.
+	default:
+		a.server.metrics.unexpected.WithLabelValues("unrequested_phase").Inc()
+		return unrequested(req)
+	}
+}
+
+func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3.ProcessingResponse {
+	s := a.server
+	if a.sawRequest {
+		// One stream carries one attempt; a second set of request headers is a client
+		// bug. Change nothing rather than inject twice.
+		s.metrics.unexpected.WithLabelValues("repeated_request_headers").Inc()
+		return continueRequestHeaders(nil)
+	}
+	a.sawRequest = true
+	a.id = keypool.Attempt{RequestID: h.Get(s.headers.RequestID), Number: h.attemptNumber(s.headers.AttemptCount)}
+
+	if a.target == nil {
+		return a.unknownPool(ctx)
+	}
+	t := a.target
+	if t.AllowBYOK && t.Provider.HasClientCredential(h) {
+		s.metrics.byok.WithLabelValues(a.poolName).Inc()
+		return continueRequestHeaders(nil)
+	}
+
+	key, err := t.Pool.Pick(ctx, a.id)
+	if err != nil {
+		return a.exhausted(ctx, err)
+	}
+	a.key, a.injected = key, true
+	s.metrics.picks.WithLabelValues(a.poolName, key.ID()).Inc()
+
+	auth := t.Provider.AuthHeader(key.Value())
+	m := &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader(auth.Name, auth.Value)}}
+	for _, name := range providers.CredentialHeaders() {
+		// The auth header itself is overwritten, not removed: Envoy applies
+		// removals and sets in an order this server should not depend on.
+		if name != auth.Name && h.Has(name) {
+			m.RemoveHeaders = append(m.RemoveHeaders, name)
+		}
+	}
+	return continueRequestHeaders(m)
+}
+
+func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv3.ProcessingResponse {
+	s := a.server
+	if !a.injected {
+		// No key of ours on this attempt (BYOK, an unknown pool, or response headers
+		// without request headers before them): nothing to judge.
+		if !a.sawRequest {
+			s.metrics.unexpected.WithLabelValues("response_before_request").Inc()
+		}
+		return continueResponseHeaders(nil)
+	}
+	code, ok := h.status()
+	if !ok {
+		s.metrics.unexpected.WithLabelValues("bad_status").Inc()
+		a.logger().Warn(ctx, "response headers without a valid :status; passed unchanged",
+			slog.F("pool", a.poolName), slog.F("key", a.key.ID()))
+		return continueResponseHeaders(nil)
+	}
+	t := a.target
+	reason, isKeyFailure := providers.FailureReason(code)
+	if !isKeyFailure || !t.FailsOver(code) {
+		return continueResponseHeaders(nil)
+	}
+	hint := t.Provider.RetryHint(h, t.Pool.Now())
+	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
+	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason)).Inc()
+	a.logger().Info(ctx, "key failed; marked and retrying with the next key",
+		slog.F("pool", a.poolName), slog.F("key", a.key.ID()), slog.F("key_hint", a.key.Hint()),
+		slog.F("status", code), slog.F("reason", reason), slog.F("cooldown_until", c.Until),
+		slog.F("provider_hint_known", hint.Known), slog.F("provider_hint", hint.After),
+		slog.F("attempt", a.id.Number))
+	return continueResponseHeaders(&extprocv3.HeaderMutation{
+		SetHeaders: []*corev3.HeaderValueOption{setHeader(s.headers.RetryMarker, string(reason))},
+	})
+}
+
+func (a *attempt) exhausted(ctx context.Context, err error) *extprocv3.ProcessingResponse {
+	s := a.server
+	var ex *keypool.ExhaustedError
+	if !errors.As(err, &ex) {
+		// Pick returns only exhaustion today; anything else is a bug, answered as one.
+		a.logger().Error(ctx, "pick failed", slog.F("pool", a.poolName), slog.Error(err))
+		return immediate(a.target.Provider.ErrorResponse(providers.ErrorInfo{
+			Status: 500, Kind: providers.ErrorMisconfigured, Message: "envoy-keypool: internal error", RequestID: a.id.RequestID,
+		}), "keypool_internal_error")
+	}
+	s.metrics.exhausted.WithLabelValues(a.poolName, ex.Kind.String()).Inc()
+	a.logger().Warn(ctx, "pool exhausted", slog.F("pool", a.poolName), slog.F("kind", ex.Kind.String()),
+		slog.F("retry_after", ex.RetryAfter), slog.F("attempt", a.id.Number))
+	return immediate(providers.ExhaustedError(a.target.Provider, ex, a.id.RequestID), "keypool_exhausted_"+ex.Kind.String())
+}
+
+// unknownPool fails closed: without a pool there is no key to inject, and passing
+// the request on would send the client's placeholder credential to the provider.
+func (a *attempt) unknownPool(ctx context.Context) *extprocv3.ProcessingResponse {
+	s := a.server
+	s.metrics.unexpected.WithLabelValues("unknown_pool").Inc()
+	msg := fmt.Sprintf("envoy-keypool: the Envoy filter names no pool (gRPC initial metadata %q is missing)", s.headers.PoolMetadataKey)
+	if a.poolName != "" {
+		msg = fmt.Sprintf("envoy-keypool: no pool named %q is configured", a.poolName)
+	}
+	a.logger().Error(ctx, "request for an unknown pool refused", slog.F("pool", a.poolName),
+		slog.F("metadata_key", s.headers.PoolMetadataKey))
+	return immediate(providers.OpenAI{}.ErrorResponse(providers.ErrorInfo{
+		Status: 500, Kind: providers.ErrorMisconfigured, Message: msg, RequestID: a.id.RequestID,
+	}), "keypool_unknown_pool")
+}
+
+func (a *attempt) logger() slog.Logger {
+	return a.server.log.With(slog.F("request_id", a.id.RequestID))
+}

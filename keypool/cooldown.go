@@ -1,0 +1,91 @@
+package keypool
+
+import (
+	"fmt"
+	"time"
+)
+
+// Cooldown is a key's state: cooling down until Until for Reason, or available (the
+// zero value, or any Cooldown whose Until has passed).
+type Cooldown struct {
+	Until  time.Time
+	Reason Reason
+}
+
+// ActiveAt reports whether the key is still cooling down at t.
+func (c Cooldown) ActiveAt(t time.Time) bool { return t.Before(c.Until) }
+
+// Longer returns whichever of c and other ends later: a new mark never shortens a
+// longer one already in place.
+func (c Cooldown) Longer(other Cooldown) Cooldown {
+	if other.Until.After(c.Until) {
+		return other
+	}
+	return c
+}
+
+// Rule bounds the cooldown for one reason.
+type Rule struct {
+	// Default applies when the provider gave no usable hint.
+	Default time.Duration
+	// Min and Max clamp every cooldown, hinted or not.
+	Min, Max time.Duration
+}
+
+// Validate reports a rule whose bounds contradict each other.
+func (r Rule) Validate() error {
+	switch {
+	case r.Min < 0:
+		return fmt.Errorf("min %s is negative", r.Min)
+	case r.Min > r.Max:
+		return fmt.Errorf("min %s is greater than max %s", r.Min, r.Max)
+	case r.Default < r.Min || r.Default > r.Max:
+		return fmt.Errorf("default %s is outside [min %s, max %s]", r.Default, r.Min, r.Max)
+	}
+	return nil
+}
+
+// Policy holds the cooldown rule of each reason a pool marks keys for.
+type Policy map[Reason]Rule
+
+// DefaultPolicy returns the rules a pool uses unless its configuration says otherwise.
+//   - rate_limited: 30s by default, clamped to [1s, 1h]: providers' reset hints are honoured.
+//   - unauthorized: 1h by default, clamped to [1m, 24h]: long, yet never permanent.
+//   - forbidden: 30s by default, clamped to [1s, 10m]: a 403 is often about the request
+//     (region, model access), so a storm of them cannot empty the pool for long.
+//   - disabled: an operator's action, 10 years unless the operator gives a duration.
+func DefaultPolicy() Policy {
+	return Policy{
+		ReasonRateLimited:  {Default: 30 * time.Second, Min: time.Second, Max: time.Hour},
+		ReasonUnauthorized: {Default: time.Hour, Min: time.Minute, Max: 24 * time.Hour},
+		ReasonForbidden:    {Default: 30 * time.Second, Min: time.Second, Max: 10 * time.Minute},
+		ReasonDisabled:     {Default: 10 * 365 * 24 * time.Hour, Min: time.Second, Max: 10 * 365 * 24 * time.Hour},
+	}
+}
+
+// Hint is what a provider's answer says about when a key is usable again.
+type Hint struct {
+	// After is the wait the provider asked for. Meaningful only when Known.
+	After time.Duration
+	// Known is false when the provider gave no usable hint (absent, garbage or negative).
+	Known bool
+}
+
+// Duration is the cooldown for reason given the provider's hint: the hint when known,
+// else the reason's default, clamped to the reason's [min, max].
+func (p Policy) Duration(reason Reason, hint Hint) time.Duration {
+	rule, ok := p[reason]
+	if !ok {
+		rule = DefaultPolicy()[reason]
+	}
+	d := rule.Default
+	if hint.Known && hint.After >= 0 {
+		d = hint.After
+	}
+	return min(max(d, rule.Min), rule.Max)
+}
+
+// CooldownAt is the Cooldown that starts at now for reason with the provider's hint.
+func (p Policy) CooldownAt(now time.Time, reason Reason, hint Hint) Cooldown {
+	return Cooldown{Until: now.Add(p.Duration(reason, hint)), Reason: reason}
+}

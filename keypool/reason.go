@@ -1,0 +1,39 @@
+package keypool
+
+import "fmt"
+
+// Reason says why a key is cooling down.
+type Reason string
+
+// The reasons a key cools down.
+const (
+	// ReasonRateLimited: the provider answered 429 for the key.
+	ReasonRateLimited Reason = "rate_limited"
+	// ReasonUnauthorized: the provider answered 401 (invalid, revoked or deactivated key).
+	ReasonUnauthorized Reason = "unauthorized"
+	// ReasonForbidden: the provider answered 403. Often not about the key (region,
+	// model access), so its default cooldown is short.
+	ReasonForbidden Reason = "forbidden"
+	// ReasonDisabled: an operator took the key out of rotation.
+	ReasonDisabled Reason = "disabled"
+)
+
+// Reasons lists every reason, in a stable order.
+func Reasons() []Reason {
+	return []Reason{ReasonRateLimited, ReasonUnauthorized, ReasonForbidden, ReasonDisabled}
+}
+
+// ParseReason returns the Reason named s.
+func ParseReason(s string) (Reason, error) {
+	for _, r := range Reasons() {
+		if string(r) == s {
+			return r, nil
+		}
+	}
+	return "", fmt.Errorf("unknown reason %q (want one of %v)", s, Reasons())
+}
+
+// authFailure reports whether r says the provider refused the key itself.
+func (r Reason) authFailure() bool {
+	return r == ReasonUnauthorized || r == ReasonForbidden
+}
