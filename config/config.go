@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -54,6 +55,57 @@ type Log struct {
 // Read parses and checks the configuration in r and reads its secrets through env.
 // The error lists every problem found, each naming its field.
 func Read(r io.Reader, env Environ) (*Config, error) {
+	c, err := parse(r)
+	if err != nil {
+		return nil, err
+	}
+	// Secrets are read even when the file has other problems, so one run reports all.
+	if err := errors.Join(c.validate(), c.resolveSecrets(env)); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ReadWithoutSecrets parses and checks the configuration in r like Read, but reads no
+// secret: for `envoy-keypool envoy-config`, which needs the pools' names, sizes and
+// routes and should run where the keys are not. The pools' ResolvedKeys are empty and
+// AdminToken is "": never serve with the result.
+func ReadWithoutSecrets(r io.Reader) (*Config, error) {
+	c, err := parse(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Load is Read for a file, reading secrets from the process environment.
+func Load(path string) (*Config, error) {
+	return loadFile(path, func(r io.Reader) (*Config, error) { return Read(r, os.LookupEnv) })
+}
+
+// LoadWithoutSecrets is ReadWithoutSecrets for a file.
+func LoadWithoutSecrets(path string) (*Config, error) {
+	return loadFile(path, ReadWithoutSecrets)
+}
+
+func loadFile(path string, read func(io.Reader) (*Config, error)) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open config: %w", err)
+	}
+	defer f.Close()
+	c, err := read(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// parse decodes the YAML strictly (an unknown field is an error) and fills defaults.
+func parse(r io.Reader) (*Config, error) {
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
@@ -68,25 +120,7 @@ func Read(r io.Reader, env Environ) (*Config, error) {
 		return nil, fmt.Errorf("parse config: %w", err)
 	}
 	c.applyDefaults()
-	// Secrets are read even when the file has other problems, so one run reports all.
-	if err := errors.Join(c.validate(), c.resolveSecrets(env)); err != nil {
-		return nil, err
-	}
 	return &c, nil
-}
-
-// Load is Read for a file, reading secrets from the process environment.
-func Load(path string) (*Config, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open config: %w", err)
-	}
-	defer f.Close()
-	c, err := Read(f, os.LookupEnv)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
 }
 
 func (c *Config) applyDefaults() {
@@ -115,7 +149,7 @@ func fieldError(path string, err error) error {
 
 func (c *Config) validate() error {
 	var errs []error
-	if c.Listen.GRPC == c.Listen.Admin {
+	if c.Listen.GRPC == c.Listen.Admin && !strings.HasSuffix(c.Listen.GRPC, ":0") {
 		errs = append(errs, fieldError("listen.admin", fmt.Errorf("same address as listen.grpc (%s)", c.Listen.GRPC)))
 	}
 	if c.Admin.Token != "" {

@@ -1,17 +1,12 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 )
 
 // Envoy holds what envoy-keypool and the Envoy configuration must agree on, and what
@@ -146,43 +141,4 @@ func (r *Route) validate(path string) []error {
 		errs = append(errs, fieldError(path+".upstream", fmt.Errorf("%q must be a bare scheme://host[:port]", r.Upstream)))
 	}
 	return errs
-}
-
-// ReadWithoutSecrets parses and checks the configuration in r like Read, but reads no
-// secret: for `envoy-keypool envoy-config`, which needs the pools' names, sizes and
-// routes and should run where the keys are not. The pools' ResolvedKeys are empty and
-// AdminToken is "": never serve with the result.
-func ReadWithoutSecrets(r io.Reader) (*Config, error) {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	var c Config
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("config is empty")
-		}
-		return nil, fmt.Errorf("parse config: %w", err)
-	}
-	c.applyDefaults()
-	if err := c.validate(); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-// LoadWithoutSecrets is ReadWithoutSecrets for a file.
-func LoadWithoutSecrets(file string) (*Config, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, fmt.Errorf("open config: %w", err)
-	}
-	defer f.Close()
-	c, err := ReadWithoutSecrets(f)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
-	}
-	return c, nil
 }
