@@ -66,6 +66,8 @@ func (s *Server) providerHandler(api providerAPI) http.HandlerFunc {
 			Key:               api.credential(r.Header),
 			CredentialHeaders: collectCredentialHeaders(r.Header),
 			QueryKey:          r.URL.Query().Get("key"),
+			ClientRequestID:   r.Header.Get("X-Request-Id"),
+			AttemptCount:      r.Header.Get("X-Envoy-Attempt-Count"),
 		}
 		body, bodyErr := readChatRequest(w, r)
 		rec.Model, rec.Stream = body.Model, body.Stream

@@ -38,6 +38,11 @@ type Request struct {
 	CredentialHeaders http.Header `json:"credential_headers,omitempty"`
 	// QueryKey is the ?key= query parameter (Gemini's credential), if present.
 	QueryKey string `json:"query_key,omitempty"`
+	// ClientRequestID is the request's own x-request-id (the proxy's, the same on
+	// every attempt of one client request), to count attempts per request.
+	ClientRequestID string `json:"client_request_id,omitempty"`
+	// AttemptCount is the x-envoy-attempt-count header the request carried.
+	AttemptCount string `json:"attempt_count,omitempty"`
 	// Model is the model the body named.
 	Model string `json:"model,omitempty"`
 	// Stream is whether the body asked for stream: true; an OK answer then streamed.

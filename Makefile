@@ -1,0 +1,62 @@
+# envoy-keypool
+GO      ?= go
+CONFIG  ?= config/example.yaml
+BIN     := bin
+PKGS    := ./...
+
+# Placeholder keys for `make run` and `make demo`: obviously fake, never real.
+export OPENAI_API_KEY_1          ?= demo-openai-key-1-not-real
+export OPENAI_API_KEY_2          ?= demo-openai-key-2-not-real
+export ANTHROPIC_API_KEY_1       ?= demo-anthropic-key-1-not-real
+export ANTHROPIC_API_KEY_2       ?= demo-anthropic-key-2-not-real
+export ENVOY_KEYPOOL_ADMIN_TOKEN ?= demo-admin-token
+
+.PHONY: all build run test fuzz bench lint envoy-config demo e2e-compose clean
+
+all: build
+
+## build: the envoy-keypool binary and the test tools (Envoy stand-in, mock provider) into bin/
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+## run: serve the example configuration with in-memory state and placeholder keys
+run:
+	$(GO) run ./cmd/envoy-keypool serve --config $(CONFIG)
+
+## test: every test (unit, fuzz seed corpora, Redis, end-to-end) under the race detector
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## fuzz: run each fuzz target for FUZZTIME (default 30s)
+FUZZTIME ?= 30s
+fuzz:
+	@$(GO) list -f '{{.ImportPath}} {{.Dir}}' $(PKGS) | while read pkg dir; do \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | cut -d' ' -f2); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+## bench: the benchmarks recorded in BENCHMARKS.md
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./keypool/... ./extproc/...
+
+## lint: vet and formatting
+lint:
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+## envoy-config: regenerate the shipped Envoy configurations from their envoy-keypool configurations
+envoy-config:
+	$(GO) test ./envoy/ -run TestShippedConfigsAreGenerated -update
+
+## demo: the whole chain on this machine without Docker, with a key that answers 429
+demo: build
+	$(BIN)/keypool-demo --keypool-bin $(BIN)/envoy-keypool
+
+## e2e-compose: the end-to-end suite against a running `docker compose up` stack (needs Docker)
+e2e-compose:
+	KEYPOOL_E2E_TARGET=compose $(GO) test -count=1 -v ./e2e/
+
+clean:
+	rm -rf $(BIN)

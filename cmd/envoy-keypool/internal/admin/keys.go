@@ -1,0 +1,120 @@
+package admin
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"time"
+
+	"cdr.dev/slog/v3"
+
+	"github.com/envoy-keypool/envoy-keypool/keypool"
+)
+
+// keyView is one key in the key API.
+type keyView struct {
+	ID        string     `json:"id"`
+	Hint      string     `json:"hint"`
+	Available bool       `json:"available"`
+	Reason    string     `json:"reason,omitempty"`
+	Until     *time.Time `json:"cooling_until,omitempty"`
+	Remaining float64    `json:"cooling_seconds_remaining,omitempty"`
+}
+
+type poolView struct {
+	Name     string    `json:"name"`
+	Provider string    `json:"provider"`
+	Keys     []keyView `json:"keys"`
+}
+
+func viewKeys(p *keypool.Pool) []keyView {
+	now := p.Now()
+	out := []keyView{}
+	for _, s := range p.Status() {
+		v := keyView{ID: s.Key.ID(), Hint: s.Key.Hint(), Available: s.Available(now)}
+		if !v.Available {
+			until := s.Cooldown.Until.UTC()
+			v.Reason, v.Until = string(s.Cooldown.Reason), &until
+			v.Remaining = math.Ceil(until.Sub(now).Seconds())
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// listKeys: GET /v1/keys, every pool's keys in priority order with their state in
+// this replica's view.
+func (h *Handler) listKeys(w http.ResponseWriter, _ *http.Request) {
+	pools := make([]poolView, 0, len(h.opts.Pools))
+	for _, p := range h.opts.Pools {
+		pools = append(pools, poolView{Name: p.Pool.Name(), Provider: p.Provider, Keys: viewKeys(p.Pool)})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"pools": pools})
+}
+
+// disableKey: POST /v1/pools/{pool}/keys/{key}/disable[?for=DURATION], taking the
+// key out of rotation on every replica sharing the state (until enabled, or for
+// the given duration).
+func (h *Handler) disableKey(w http.ResponseWriter, r *http.Request) {
+	p, ok := h.pool(w, r)
+	if !ok {
+		return
+	}
+	var d time.Duration
+	if s := r.URL.Query().Get("for"); s != "" {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil || d <= 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("for=%q is not a positive duration such as 30m", s))
+			return
+		}
+	}
+	keyID := r.PathValue("key")
+	c, err := p.Disable(r.Context(), keyID, d)
+	if h.keyActionFailed(w, err) {
+		return
+	}
+	h.opts.Logger.Info(r.Context(), "key disabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID),
+		slog.F("until", c.Until))
+	writeJSON(w, http.StatusOK, map[string]any{"pool": p.Name(), "keys": viewKeys(p)})
+}
+
+// enableKey: POST /v1/pools/{pool}/keys/{key}/enable, returning the key to rotation
+// now, whatever cooled it down.
+func (h *Handler) enableKey(w http.ResponseWriter, r *http.Request) {
+	p, ok := h.pool(w, r)
+	if !ok {
+		return
+	}
+	keyID := r.PathValue("key")
+	if h.keyActionFailed(w, p.Enable(r.Context(), keyID)) {
+		return
+	}
+	h.opts.Logger.Info(r.Context(), "key enabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID))
+	writeJSON(w, http.StatusOK, map[string]any{"pool": p.Name(), "keys": viewKeys(p)})
+}
+
+func (h *Handler) pool(w http.ResponseWriter, r *http.Request) (*keypool.Pool, bool) {
+	name := r.PathValue("pool")
+	for _, p := range h.opts.Pools {
+		if p.Pool.Name() == name {
+			return p.Pool, true
+		}
+	}
+	writeError(w, http.StatusNotFound, fmt.Sprintf("no pool named %q", name))
+	return nil, false
+}
+
+// keyActionFailed answers an error of a key action; false when there was none.
+func (h *Handler) keyActionFailed(w http.ResponseWriter, err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, keypool.ErrUnknownKey):
+		writeError(w, http.StatusNotFound, err.Error())
+	default:
+		// The local view changed, but the shared state may not have: say so.
+		writeError(w, http.StatusServiceUnavailable, "the change did not reach the shared state: "+err.Error())
+	}
+	return true
+}

@@ -1,0 +1,45 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+
+	"cdr.dev/slog/v3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/envoy-keypool/envoy-keypool/config"
+	"github.com/envoy-keypool/envoy-keypool/keypool/redisstate"
+)
+
+// newRedisState connects the shared state. A Redis that is down at start is not
+// fatal: the replica serves from its local view and converges once Redis answers.
+func newRedisState(ctx context.Context, cfg *config.Config, log slog.Logger, reg prometheus.Registerer) (*stateBackend, error) {
+	rc := cfg.State.Redis
+	opts := redisstate.Options{
+		URL:        rc.URL,
+		Addrs:      rc.Addrs,
+		MasterName: rc.MasterName,
+		DB:         rc.DB,
+		Username:   rc.Username,
+		Password:   rc.ResolvedPassword(),
+		Prefix:     rc.Prefix,
+		Timeout:    rc.Timeout.Std(),
+		RequestTTL: cfg.State.RequestTTL.Std(),
+		Logger:     log.Named("redis"),
+		Registerer: reg,
+	}
+	if rc.TLS {
+		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	st, err := redisstate.New(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("state.redis: %w", err)
+	}
+	return &stateBackend{
+		kind:  "redis",
+		state: st,
+		ready: st.Ready,
+		close: func() { _ = st.Close() },
+	}, nil
+}

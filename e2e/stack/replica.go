@@ -1,0 +1,143 @@
+package stack
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Replica is one envoy-keypool process.
+type Replica struct {
+	// GRPCAddr serves ext_proc and gRPC health; AdminAddr the admin API.
+	GRPCAddr, AdminAddr string
+
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process exited
+	logs *syncBuffer
+}
+
+var readyLine = regexp.MustCompile(`envoy-keypool ready grpc=(\S+) admin=(\S+)`)
+
+// startReplica runs `binary serve --config configPath` with env and waits for its
+// ready line.
+func startReplica(ctx context.Context, binary, configPath string, env []string, logTo io.Writer) (*Replica, error) {
+	cmd := exec.Command(binary, "serve", "--config", configPath, "--shutdown-timeout", "5s")
+	cmd.Env = append(os.Environ(), env...)
+	logs := &syncBuffer{}
+	var stderr io.Writer = logs
+	if logTo != nil {
+		stderr = io.MultiWriter(logs, logTo)
+	}
+	cmd.Stderr = stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start envoy-keypool: %w", err)
+	}
+	r := &Replica{cmd: cmd, done: make(chan struct{}), logs: logs}
+	ready := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			_, _ = logs.Write(append(sc.Bytes(), '\n'))
+			if m := readyLine.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case ready <- m:
+				default:
+				}
+			}
+		}
+	}()
+	go func() {
+		_ = cmd.Wait()
+		close(r.done)
+	}()
+	select {
+	case m := <-ready:
+		r.GRPCAddr, r.AdminAddr = m[1], m[2]
+		return r, nil
+	case <-r.done:
+		return nil, fmt.Errorf("envoy-keypool exited before it was ready:\n%s", logs.String())
+	case <-ctx.Done():
+		r.Kill()
+		return nil, fmt.Errorf("waiting for envoy-keypool to be ready: %w\n%s", ctx.Err(), logs.String())
+	}
+}
+
+// Kill ends the process at once (SIGKILL), as a crash would.
+func (r *Replica) Kill() {
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+// Stop asks the process to shut down (SIGTERM) and waits until it did or ctx ends,
+// then kills it. It reports how the process exited.
+func (r *Replica) Stop(ctx context.Context) error {
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		r.Kill()
+		return fmt.Errorf("envoy-keypool did not stop in time: %w", ctx.Err())
+	}
+	if code := r.cmd.ProcessState.ExitCode(); code != 0 {
+		return fmt.Errorf("envoy-keypool exited with code %d", code)
+	}
+	return nil
+}
+
+// Exited reports whether the process has ended.
+func (r *Replica) Exited() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Logs is everything the process wrote (stdout and stderr).
+func (r *Replica) Logs() string { return r.logs.String() }
+
+// syncBuffer is a strings.Builder safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex // protects b
+	b  []byte
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.b)
+}
+
+// stopAll stops replicas within d in total, returning their errors joined.
+func stopAll(replicas []*Replica, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var errs []error
+	for _, r := range replicas {
+		if r.Exited() {
+			continue
+		}
+		errs = append(errs, r.Stop(ctx))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,209 @@
+package standin
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+func mapOf(kv ...string) *headerMap {
+	h := &headerMap{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h.add(kv[i], kv[i+1])
+	}
+	return h
+}
+
+// Point 3: how set_headers combine with existing values. Envoy's ext_proc reads only
+// the deprecated `append` (default false = overwrite) and ignores append_action
+// (mutation_utils.cc; envoy issue #36982); Options.HonourAppendAction switches to the
+// append_action semantics of route-level headers_to_add.
+func TestSetHeadersAppendSemantics(t *testing.T) {
+	opt := func(action corev3.HeaderValueOption_HeaderAppendAction, appendField *bool) *corev3.HeaderValueOption {
+		o := &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x-k", RawValue: []byte("new")}, AppendAction: action}
+		if appendField != nil {
+			o.Append = wrapperspb.Bool(*appendField)
+		}
+		return o
+	}
+	yes, no := true, false
+	tests := []struct {
+		name          string
+		opt           *corev3.HeaderValueOption
+		existing      bool
+		honourActions bool
+		want          []string
+	}{
+		{"envoy: append unset overwrites", opt(corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD, nil), true, false, []string{"new"}},
+		{"envoy: append true appends", opt(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD, &yes), true, false, []string{"old", "new"}},
+		{"envoy: append false overwrites", opt(corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD, &no), true, false, []string{"new"}},
+		{"envoy: ADD_IF_ABSENT ignored, overwrites", opt(corev3.HeaderValueOption_ADD_IF_ABSENT, nil), true, false, []string{"new"}},
+		{"envoy: OVERWRITE_IF_EXISTS ignored, adds", opt(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS, nil), false, false, []string{"new"}},
+		{"envoy: OVERWRITE_IF_EXISTS_OR_ADD adds", opt(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD, nil), false, false, []string{"new"}},
+		{"actions: OVERWRITE_IF_EXISTS_OR_ADD", opt(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD, nil), true, true, []string{"new"}},
+		{"actions: APPEND_IF_EXISTS_OR_ADD", opt(corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD, nil), true, true, []string{"old", "new"}},
+		{"actions: ADD_IF_ABSENT present", opt(corev3.HeaderValueOption_ADD_IF_ABSENT, nil), true, true, []string{"old"}},
+		{"actions: ADD_IF_ABSENT absent", opt(corev3.HeaderValueOption_ADD_IF_ABSENT, nil), false, true, []string{"new"}},
+		{"actions: OVERWRITE_IF_EXISTS present", opt(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS, nil), true, true, []string{"new"}},
+		{"actions: OVERWRITE_IF_EXISTS absent", opt(corev3.HeaderValueOption_OVERWRITE_IF_EXISTS, nil), false, true, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := &headerMap{}
+			if tc.existing {
+				h.add("x-k", "old")
+			}
+			c, _ := newMutationChecker(nil)
+			if _, err := applyHeaderMutation(&extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{tc.opt}}, h, false, c, tc.honourActions); err != nil {
+				t.Fatal(err)
+			}
+			if got := h.values("x-k"); strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("x-k = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// Point 4: the default HeaderMutationRules (mutation_rules.cc): x-envoy-* only with
+// allow_envoy; host, :authority, :scheme, :method only with allow_all_routing; ":"
+// headers and host never removed; a disallowed change is ignored, or an error with
+// disallow_is_error.
+func TestMutationChecker(t *testing.T) {
+	b := wrapperspb.Bool
+	tests := []struct {
+		name  string
+		rules *mutationrulesv3.HeaderMutationRules
+		op    checkOp
+		hdr   string
+		value string
+		want  checkResult
+	}{
+		{"authorization set", nil, opSet, "authorization", "Bearer k", checkOK},
+		{"x-api-key removed", nil, opRemove, "x-api-key", "", checkOK},
+		{"x-goog-api-key set", nil, opSet, "x-goog-api-key", "k", checkOK},
+		{"path set", nil, opSet, ":path", "/v2", checkOK},
+		{"x-envoy ignored", nil, opSet, "x-envoy-retry-on", "5xx", checkIgnore},
+		{"x-envoy with allow_envoy", &mutationrulesv3.HeaderMutationRules{AllowEnvoy: b(true)}, opSet, "x-envoy-retry-on", "5xx", checkOK},
+		{"host ignored", nil, opSet, "host", "evil.example", checkIgnore},
+		{":authority ignored", nil, opSet, ":authority", "evil.example", checkIgnore},
+		{":scheme ignored", nil, opSet, ":scheme", "https", checkIgnore},
+		{":method ignored", nil, opSet, ":method", "DELETE", checkIgnore},
+		{":authority with allow_all_routing", &mutationrulesv3.HeaderMutationRules{AllowAllRouting: b(true)}, opSet, ":authority", "a.example", checkOK},
+		{":scheme bad value even when allowed", &mutationrulesv3.HeaderMutationRules{AllowAllRouting: b(true)}, opSet, ":scheme", "ftp", checkIgnore},
+		{":path never removed", nil, opRemove, ":path", "", checkIgnore},
+		{"host never removed with allow_all_routing", &mutationrulesv3.HeaderMutationRules{AllowAllRouting: b(true)}, opRemove, "host", "", checkIgnore},
+		{":path append refused", nil, opAppend, ":path", "/x", checkIgnore},
+		{"disallow_is_error", &mutationrulesv3.HeaderMutationRules{DisallowIsError: b(true)}, opSet, "x-envoy-foo", "1", checkFail},
+		{"disallow_system", &mutationrulesv3.HeaderMutationRules{DisallowSystem: b(true)}, opSet, ":path", "/x", checkIgnore},
+		{"disallow_all", &mutationrulesv3.HeaderMutationRules{DisallowAll: b(true)}, opSet, "authorization", "x", checkIgnore},
+		{":status below 200", nil, opSet, ":status", "100", checkIgnore},
+		{"value with newline", nil, opSet, "x-a", "a\nb", checkIgnore},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := newMutationChecker(tc.rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.check(tc.op, tc.hdr, tc.value); got != tc.want {
+				t.Fatalf("check(%v, %q) = %v, want %v", tc.op, tc.hdr, got, tc.want)
+			}
+		})
+	}
+}
+
+// Point 4, as a client sees it: what the upstream receives after the ext_proc server
+// tries forbidden changes, and the 500 that disallow_is_error turns them into.
+func TestMutationRulesEndToEnd(t *testing.T) {
+	forbidden := &extprocv3.HeaderMutation{
+		SetHeaders: []*corev3.HeaderValueOption{
+			setHeader("authorization", "Bearer pool-key"),
+			setHeader("x-envoy-upstream-alt-stat-name", "evil"),
+			setHeader(":authority", "evil.example"),
+			setHeader("host", "evil.example"),
+			setHeader(":method", "DELETE"),
+			setHeader(":scheme", "https"),
+		},
+		RemoveHeaders: []string{":path", "host"},
+	}
+	answer := func(_ int, req *extprocv3.ProcessingRequest) answer {
+		if req.GetRequestHeaders() != nil {
+			return answer{resp: headersResponse(req, forbidden)}
+		}
+		return answer{}
+	}
+	t.Run("default rules ignore", func(t *testing.T) {
+		px, _, up := keypoolSetup(t, nil, answer, nil)
+		status, _, _ := do(t, px, "POST", "/v1/x", "{}", map[string]string{"host": "api.example.com"})
+		if status != 200 {
+			t.Fatalf("status %d, want 200", status)
+		}
+		r := up.recorded()[0]
+		if r.method != "POST" || r.host != "api.example.com" || r.path != "/v1/x" {
+			t.Errorf("routing headers changed: %s %s %s", r.method, r.host, r.path)
+		}
+		if r.header.Get("Authorization") != "Bearer pool-key" {
+			t.Errorf("authorization = %q, want the pool key", r.header.Get("Authorization"))
+		}
+		if r.header.Get("X-Envoy-Upstream-Alt-Stat-Name") != "" {
+			t.Errorf("x-envoy header set without allow_envoy")
+		}
+		if got := px.Stats().RejectedMutations; got != 7 {
+			t.Errorf("rejected mutations = %d, want 7", got)
+		}
+	})
+	t.Run("disallow_is_error", func(t *testing.T) {
+		px, _, up := keypoolSetup(t, params{"MutationRules": "{disallow_is_error: true}"}, answer, nil)
+		status, _, _ := do(t, px, "POST", "/v1/x", "{}", nil)
+		if status != 500 {
+			t.Fatalf("status %d, want 500 (status_on_error)", status)
+		}
+		if n := len(up.recorded()); n != 0 {
+			t.Fatalf("upstream reached %d times, want 0", n)
+		}
+	})
+	t.Run("allow_envoy", func(t *testing.T) {
+		px, _, up := keypoolSetup(t, params{"MutationRules": "{allow_envoy: true}"}, answer, nil)
+		if status, _, _ := do(t, px, "POST", "/v1/x", "{}", nil); status != 200 {
+			t.Fatalf("status %d", status)
+		}
+		if got := up.recorded()[0].header.Get("X-Envoy-Upstream-Alt-Stat-Name"); got != "evil" {
+			t.Errorf("x-envoy header = %q with allow_envoy", got)
+		}
+	})
+}
+
+// Invalid mutations fail the whole message (mutation_utils.cc) whatever the rules.
+func TestInvalidMutationIsError(t *testing.T) {
+	c, _ := newMutationChecker(nil)
+	tests := []struct {
+		name string
+		m    *extprocv3.HeaderMutation
+	}{
+		{"bad name", &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader("bad name", "v")}}},
+		{"bad value", &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader("x", "a\r\nb")}}},
+		{"value and raw_value", &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x", Value: "a", RawValue: []byte("b")}}}}},
+		{"bad remove", &extprocv3.HeaderMutation{RemoveHeaders: []string{"a b"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := applyHeaderMutation(tc.m, mapOf("x", "1"), false, c, false)
+			if !errors.Is(err, errMutation) {
+				t.Fatalf("err = %v, want errMutation", err)
+			}
+		})
+	}
+	// `value` alone is not read: current Envoy takes raw_value, so the header is set empty.
+	h := mapOf()
+	if _, err := applyHeaderMutation(&extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x", Value: "a"}}}}, h, false, c, false); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := h.get("x"); v != "" {
+		t.Fatalf("value-only header = %q, want empty (raw_value is read)", v)
+	}
+}

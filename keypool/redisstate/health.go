@@ -1,0 +1,131 @@
+package redisstate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cdr.dev/slog/v3"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ErrUnavailable is wrapped by the errors of Ready and Override while Redis cannot
+// be reached.
+var ErrUnavailable = errors.New("redis unreachable")
+
+// link states.
+const (
+	linkStarting int32 = iota
+	linkUp
+	linkDown
+)
+
+// health tracks whether Redis is reachable. It logs on transitions only: an
+// outage is one line when it starts and one when it ends, never one per request.
+type health struct {
+	log     slog.Logger
+	metrics *metrics
+
+	state atomic.Int32 // linkStarting, linkUp or linkDown
+
+	mu      sync.Mutex // protects the fields below
+	lastErr error
+	since   time.Time // when the current state began
+}
+
+// up reports whether request paths may call Redis.
+func (h *health) up() bool { return h.state.Load() == linkUp }
+
+// failed records a failed Redis call. The first failure of an outage is logged.
+func (h *health) failed(ctx context.Context, op string, err error) {
+	h.metrics.errors.WithLabelValues(op).Inc()
+	prev := h.state.Swap(linkDown)
+	h.mu.Lock()
+	h.lastErr = err
+	if prev != linkDown {
+		h.since = time.Now()
+	}
+	h.mu.Unlock()
+	if prev == linkDown {
+		return
+	}
+	h.metrics.up.Set(0)
+	h.log.Warn(ctx, "redis unreachable: serving key state from this replica's local view until it returns",
+		slog.F("op", op), slog.Error(err))
+}
+
+// recovered records a completed resynchronisation with Redis.
+func (h *health) recovered(ctx context.Context, pools, pushed int) {
+	prev := h.state.Swap(linkUp)
+	if prev == linkUp {
+		return
+	}
+	h.mu.Lock()
+	outage := time.Since(h.since)
+	h.since = time.Now()
+	h.lastErr = nil
+	h.mu.Unlock()
+	h.metrics.up.Set(1)
+	if prev == linkDown {
+		h.log.Info(ctx, "redis reachable again: key state resynchronised",
+			slog.F("outage", outage.Round(time.Millisecond).String()), slog.F("pools", pools), slog.F("marks_pushed", pushed))
+		return
+	}
+	h.log.Debug(ctx, "redis connected: key state synchronised", slog.F("pools", pools))
+}
+
+// ready is nil while Redis is reachable, else an error wrapping ErrUnavailable
+// that says since when and why.
+func (h *health) ready() error {
+	switch h.state.Load() {
+	case linkUp:
+		return nil
+	case linkStarting:
+		return fmt.Errorf("redisstate: not synchronised with redis yet: %w", ErrUnavailable)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return fmt.Errorf("redisstate: serving from the local view since %s: %w: %w",
+		h.since.UTC().Format(time.RFC3339), ErrUnavailable, h.lastErr)
+}
+
+// metrics are the State's Prometheus collectors.
+type metrics struct {
+	up            prometheus.Gauge
+	errors        *prometheus.CounterVec
+	notifications prometheus.Counter
+	resyncs       prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		up: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "envoy_keypool_redis_up",
+			Help: "1 while this replica reaches Redis and its key state is synchronised, 0 while it serves from its local view.",
+		}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envoy_keypool_redis_errors_total",
+			Help: "Failed Redis calls, by operation (mark, request_view, override, sync, subscribe).",
+		}, []string{"op"}),
+		notifications: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "envoy_keypool_redis_notifications_total",
+			Help: "Key state changes received from Redis on the change channel.",
+		}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "envoy_keypool_redis_resyncs_total",
+			Help: "Completed full resynchronisations of the local view with Redis (startup, after an outage or a lost notification).",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.up, m.errors, m.notifications, m.resyncs} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("redisstate: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

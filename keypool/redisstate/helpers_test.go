@@ -1,0 +1,203 @@
+package redisstate
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"cdr.dev/slog/v3"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/testredis"
+	"github.com/envoy-keypool/envoy-keypool/keypool"
+)
+
+// Key values are obviously fake; every test ends by checking that none of them
+// reached Redis.
+var testValues = []string{
+	"test-key-value-aaaaaaaaaaaaaaaa",
+	"test-key-value-bbbbbbbbbbbbbbbb",
+	"test-key-value-cccccccccccccccc",
+	"test-key-value-dddddddddddddddd",
+	"test-key-value-eeeeeeeeeeeeeeee",
+	"test-key-value-ffffffffffffffff",
+}
+
+// testKeys returns n keys of pool, key-1 first.
+func testKeys(pool string, n int) []keypool.Key {
+	keys := make([]keypool.Key, n)
+	for i := range keys {
+		keys[i] = keypool.NewKey(pool, fmt.Sprintf("key-%d", i+1), testValues[i%len(testValues)])
+	}
+	return keys
+}
+
+// topology is a way of reaching Redis that users configure.
+type topology struct {
+	name    string
+	server  []testredis.Option
+	options func(srv *testredis.Server) Options
+}
+
+func topologies() []topology {
+	return []topology{
+		{"single", nil, func(srv *testredis.Server) Options { return Options{URL: srv.URL()} }},
+		{"cluster", []testredis.Option{testredis.WithCluster()}, func(srv *testredis.Server) Options {
+			return Options{Addrs: []string{srv.Addr()}, Cluster: true}
+		}},
+	}
+}
+
+// startRedis starts a server whose content is checked for key values when the
+// test ends.
+func startRedis(t *testing.T, opts ...testredis.Option) *testredis.Server {
+	t.Helper()
+	srv := testredis.Start(t, opts...)
+	t.Cleanup(func() { srv.AssertNoSecrets(t, testValues...) })
+	return srv
+}
+
+// replica is one envoy-keypool replica's State, with what a test observes of it.
+type replica struct {
+	*State
+	counter *testredis.Counter
+	logs    *logSink
+	reg     *prometheus.Registry
+}
+
+// newReplica starts a State from opts, filling in a logger, a registry and a
+// command counter, and closes it when the test ends.
+func newReplica(t *testing.T, opts Options) *replica {
+	t.Helper()
+	r := &replica{counter: &testredis.Counter{}, logs: &logSink{}, reg: prometheus.NewRegistry()}
+	opts.Logger = slog.Make(r.logs).Leveled(slog.LevelDebug)
+	opts.Registerer = r.reg
+	if opts.testHooks == nil {
+		opts.testHooks = &testHooks{}
+	}
+	opts.testHooks.redisHooks = append(opts.testHooks.redisHooks, r.counter)
+	if opts.Timeout == 0 {
+		// Generous for a loaded CI machine under -race; still below Envoy's 200ms.
+		opts.Timeout = 150 * time.Millisecond
+	}
+	if opts.HealthCheckInterval == 0 {
+		opts.HealthCheckInterval = 200 * time.Millisecond
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := New(ctx, opts)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	r.State = s
+	return r
+}
+
+// newHealthyReplica is newReplica that also waits for the first synchronisation.
+func newHealthyReplica(t *testing.T, opts Options) *replica {
+	t.Helper()
+	r := newReplica(t, opts)
+	waitFor(t, "replica synchronised with redis", func() bool { return r.Healthy() })
+	return r
+}
+
+// gauge reads the value of a gauge metric from the replica's registry.
+func (r *replica) gauge(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
+
+// waitFor waits until cond holds, failing the test with what after a generous
+// deadline. It polls: the conditions are about other goroutines and processes.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for: %s", what)
+		}
+		<-tick.C
+	}
+}
+
+// logSink records log entries.
+type logSink struct {
+	mu      sync.Mutex
+	entries []slog.SinkEntry
+}
+
+func (l *logSink) LogEntry(_ context.Context, e slog.SinkEntry) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.entries = append(l.entries, e)
+}
+
+func (l *logSink) Sync() {}
+
+// count is how many entries' message contains substr.
+func (l *logSink) count(substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, e := range l.entries {
+		if strings.Contains(e.Message, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// fakeClock is a keypool.Clock that tests move.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Now().Truncate(time.Millisecond)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// newPool builds a pool on state.
+func newPool(t testing.TB, name string, keys []keypool.Key, state keypool.State, clock keypool.Clock) *keypool.Pool {
+	t.Helper()
+	p, err := keypool.NewPool(keypool.PoolOptions{Name: name, Keys: keys, State: state, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// sameCooldown compares cooldowns to the millisecond Redis stores.
+func sameCooldown(a, b keypool.Cooldown) bool {
+	return a.Reason == b.Reason && unixMillisCeil(a.Until) == unixMillisCeil(b.Until)
+}
