@@ -156,6 +156,18 @@ state:
 		{"redis bad url", validPool + `
 state:
   redis: {url: "http://localhost"}`, []string{"state.redis.url: must be a redis://"}},
+		{"sentinel and cluster at once", validPool + `
+state:
+  redis: {addrs: ["a:1", "b:2"], master_name: m, cluster: true}`, []string{"state.redis.cluster: master_name (Sentinel) and cluster exclude each other"}},
+		{"database on a cluster", validPool + `
+state:
+  redis: {addrs: ["a:1", "b:2"], db: 3}`, []string{"state.redis.db: Redis Cluster has only database 0"}},
+		{"hash tag in the prefix", validPool + `
+state:
+  redis: {url: "redis://a:1", prefix: "x{y}:"}`, []string{"state.redis.prefix"}},
+		{"literal redis password", validPool + `
+state:
+  redis: {url: "redis://a:1", sentinel_password: hunter2}`, []string{"state.redis.sentinel_password: must be"}},
 		{"marker header in x-envoy namespace", validPool + `
 envoy: {retry_marker_header: x-envoy-retry-me}`, []string{"envoy.retry_marker_header: x-envoy-*"}},
 		{"all problems at once", `
@@ -230,14 +242,56 @@ pools:
 func TestRedisPasswordResolved(t *testing.T) {
 	yaml := validPool + `
 state:
-  redis: {addrs: ["127.0.0.1:6379"], password: env:RP}
+  redis:
+    addrs: ["127.0.0.1:6379"]
+    password: env:RP
 `
-	c, err := config.Read(strings.NewReader(yaml), env(map[string]string{"K1": "v", "RP": "test-redis-pass"}))
+	c, err := config.Read(strings.NewReader(yaml+"    sentinel_password: env:SP\n    master_name: mymaster\n"),
+		env(map[string]string{"K1": "v", "RP": "test-redis-pass", "SP": "test-sentinel-pass"}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := c.State.Redis
-	if r.ResolvedPassword() != "test-redis-pass" || r.Prefix != "envoy-keypool:" || r.Timeout.Std() != 50*time.Millisecond {
+	if r.ResolvedPassword() != "test-redis-pass" || r.ResolvedSentinelPassword() != "test-sentinel-pass" ||
+		r.Prefix != "envoy-keypool:" || r.Timeout.Std() != 50*time.Millisecond ||
+		r.DialTimeout.Std() != time.Second || r.HealthCheckInterval.Std() != time.Second {
 		t.Errorf("redis = %+v", r)
 	}
+}
+
+// FuzzRead feeds arbitrary documents to the parser: it never panics, and what it
+// accepts is a configuration the server can start from.
+func FuzzRead(f *testing.F) {
+	example, err := os.ReadFile("example.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(example))
+	f.Add(validPool)
+	f.Add(validPool + "state:\n  redis: {url: \"redis://a:1\", timeout: 10ms}\n")
+	f.Add("pools: [{name: p, provider: anthropic, byok: allow, keys: [{id: a, secret: env:K1}], cooldowns: {forbidden: {default: 1s}}}]")
+	f.Add("{{{")
+	f.Add("pools: 3")
+	f.Fuzz(func(t *testing.T, doc string) {
+		c, err := config.Read(strings.NewReader(doc), env(map[string]string{"K1": "test-fuzz-key-value"}))
+		if err != nil {
+			if strings.Contains(err.Error(), "test-fuzz-key-value") {
+				t.Fatalf("error shows a secret: %v", err)
+			}
+			return
+		}
+		if len(c.Pools) == 0 {
+			t.Fatal("accepted a configuration without pools")
+		}
+		for _, p := range c.Pools {
+			if len(p.ResolvedKeys()) != len(p.Keys) || len(p.Keys) == 0 {
+				t.Fatalf("pool %q accepted with %d keys, %d resolved", p.Name, len(p.Keys), len(p.ResolvedKeys()))
+			}
+			for r, rule := range p.Policy() {
+				if err := rule.Validate(); err != nil {
+					t.Fatalf("pool %q accepted with an invalid %s rule: %v", p.Name, r, err)
+				}
+			}
+		}
+	})
 }

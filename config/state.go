@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -16,8 +17,8 @@ type State struct {
 	Redis *Redis `yaml:"redis"`
 }
 
-// Redis configures the shared state. Give URL, or Addrs (with MasterName for
-// Sentinel; several addresses without it mean Cluster).
+// Redis configures the shared state. Give URL (one node), or Addrs: one node,
+// Sentinels with MasterName, or Cluster seed nodes (two or more, or Cluster set).
 type Redis struct {
 	// URL is a redis:// or rediss:// URL (a password in it is better given in Password).
 	URL string `yaml:"url"`
@@ -25,10 +26,17 @@ type Redis struct {
 	Addrs []string `yaml:"addrs"`
 	// MasterName selects Sentinel mode. Default: none.
 	MasterName string `yaml:"master_name"`
+	// Cluster selects Redis Cluster even with a single seed address. Default false.
+	Cluster bool `yaml:"cluster"`
 	// Username for Redis ACLs. Default: none.
 	Username string `yaml:"username"`
 	// Password is read from the environment or a file. Default: none.
 	Password SecretRef `yaml:"password"`
+	// SentinelUsername and SentinelPassword authenticate to the Sentinels when they
+	// differ from the master's; the password is read from the environment or a file.
+	// Default: none.
+	SentinelUsername string    `yaml:"sentinel_username"`
+	SentinelPassword SecretRef `yaml:"sentinel_password"`
 	// DB selects a database (single node and Sentinel). Default 0.
 	DB int `yaml:"db"`
 	// TLS turns on TLS for Addrs (URLs say it with rediss://). Default false.
@@ -39,12 +47,21 @@ type Redis struct {
 	// Timeout bounds every Redis call on the request path; it must stay well under
 	// Envoy's ext_proc message_timeout (200ms). Default 50ms.
 	Timeout Duration `yaml:"timeout"`
+	// DialTimeout bounds opening the connections of the background work (change
+	// notifications, resynchronisation); requests are bounded by Timeout. Default 1s.
+	DialTimeout Duration `yaml:"dial_timeout"`
+	// HealthCheckInterval is how often an idle change subscription is checked and
+	// how often a replica retries Redis while it is unreachable. Default 1s.
+	HealthCheckInterval Duration `yaml:"health_check_interval"`
 
-	password string // resolved Password
+	password, sentinelPassword string // resolved secrets
 }
 
 // ResolvedPassword is the Redis password read from its source.
 func (r *Redis) ResolvedPassword() string { return r.password }
+
+// ResolvedSentinelPassword is the Sentinel password read from its source.
+func (r *Redis) ResolvedSentinelPassword() string { return r.sentinelPassword }
 
 // maxRedisTimeout keeps a Redis call well inside Envoy's default message_timeout.
 const maxRedisTimeout = 150 * time.Millisecond
@@ -54,6 +71,8 @@ func (s *State) applyDefaults() {
 	if s.Redis != nil {
 		setDefault(&s.Redis.Prefix, "envoy-keypool:")
 		setDefault(&s.Redis.Timeout, Duration(50*time.Millisecond))
+		setDefault(&s.Redis.DialTimeout, Duration(time.Second))
+		setDefault(&s.Redis.HealthCheckInterval, Duration(time.Second))
 	}
 }
 
@@ -77,9 +96,26 @@ func (s *State) validate(path string) []error {
 			errs = append(errs, fieldError(path+".url", errors.New("must be a redis:// or rediss:// URL")))
 		}
 	}
-	if r.Password != "" {
-		if err := r.Password.Check(); err != nil {
-			errs = append(errs, fieldError(path+".password", err))
+	if strings.ContainsAny(r.Prefix, "{}") {
+		errs = append(errs, fieldError(path+".prefix", fmt.Errorf("%q must not contain '{' or '}': the pool name is the Redis Cluster hash tag", r.Prefix)))
+	}
+	if r.MasterName != "" && r.Cluster {
+		errs = append(errs, fieldError(path+".cluster", errors.New("master_name (Sentinel) and cluster exclude each other")))
+	}
+	if r.DB != 0 && (r.Cluster || (len(r.Addrs) > 1 && r.MasterName == "")) {
+		errs = append(errs, fieldError(path+".db", errors.New("Redis Cluster has only database 0")))
+	}
+	for field, ref := range map[string]SecretRef{"password": r.Password, "sentinel_password": r.SentinelPassword} {
+		if ref == "" {
+			continue
+		}
+		if err := ref.Check(); err != nil {
+			errs = append(errs, fieldError(path+"."+field, err))
+		}
+	}
+	for field, d := range map[string]Duration{"dial_timeout": r.DialTimeout, "health_check_interval": r.HealthCheckInterval} {
+		if d.Std() <= 0 {
+			errs = append(errs, fieldError(path+"."+field, fmt.Errorf("%s is not positive", d.Std())))
 		}
 	}
 	if t := r.Timeout.Std(); t <= 0 || t > maxRedisTimeout {
@@ -89,13 +125,27 @@ func (s *State) validate(path string) []error {
 }
 
 func (s *State) resolveSecrets(path string, env Environ) []error {
-	if s.Redis == nil || s.Redis.Password.Check() != nil {
-		return nil // absent, or reported by validate
+	if s.Redis == nil {
+		return nil
 	}
-	v, err := s.Redis.Password.Resolve(env)
-	if err != nil {
-		return []error{fieldError(path+".redis.password", err)}
+	var errs []error
+	for _, secret := range []struct {
+		field string
+		ref   SecretRef
+		dst   *string
+	}{
+		{"password", s.Redis.Password, &s.Redis.password},
+		{"sentinel_password", s.Redis.SentinelPassword, &s.Redis.sentinelPassword},
+	} {
+		if secret.ref == "" || secret.ref.Check() != nil {
+			continue // absent, or reported by validate
+		}
+		v, err := secret.ref.Resolve(env)
+		if err != nil {
+			errs = append(errs, fieldError(path+".redis."+secret.field, err))
+			continue
+		}
+		*secret.dst = v
 	}
-	s.Redis.password = v
-	return nil
+	return errs
 }

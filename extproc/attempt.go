@@ -38,8 +38,10 @@ func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 	case nil:
 		return nil // e.g. a flow-control-only message: nothing to answer.
 	default:
+		// A phase the filter was not configured to send (bodies, trailers): an empty
+		// answer of its kind lets Envoy carry on unchanged.
 		a.server.metrics.unexpected.WithLabelValues("unrequested_phase").Inc()
-		return unrequested(req)
+		return EmptyAnswer(req)
 	}
 }
 

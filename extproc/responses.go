@@ -46,19 +46,3 @@ func immediate(r providers.Response, details string) *extprocv3.ProcessingRespon
 		},
 	}}
 }
-
-// unrequested answers a phase the filter was not configured to send (bodies,
-// trailers) with an empty answer of its own kind, so Envoy carries on unchanged.
-func unrequested(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
-	switch req.GetRequest().(type) {
-	case *extprocv3.ProcessingRequest_RequestBody:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}
-	case *extprocv3.ProcessingRequest_ResponseBody:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}
-	case *extprocv3.ProcessingRequest_RequestTrailers:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}
-	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}
-	}
-	return nil
-}

@@ -106,10 +106,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error
 // metadata that Envoy's filter configuration sends on every stream.
 func (s *Server) newAttempt(ctx context.Context) *attempt {
 	a := &attempt{server: s}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(s.headers.PoolMetadataKey); len(v) > 0 {
-			a.poolName = v[0]
-		}
+	// ValueFromIncomingContext reads one key without copying the metadata map.
+	if v := metadata.ValueFromIncomingContext(ctx, s.headers.PoolMetadataKey); len(v) > 0 {
+		a.poolName = v[0]
 	}
 	a.target = s.targets[a.poolName]
 	return a

@@ -47,7 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
-	opts := stack.Options{RepoRoot: *root, KeypoolBinary: *bin, Log: eventsOnly(stdout)}
+	opts := stack.Options{RepoRoot: *root, KeypoolBinary: *bin, Log: eventsOnly(stdout), LogFormat: "human"}
 	stateNote := "in process memory (redis-server not installed: one replica)"
 	if redisURL, stopRedis, err := startRedis(ctx); err == nil {
 		defer stopRedis()

@@ -37,6 +37,8 @@ type Options struct {
 	// Log receives the replicas' and the stand-in's output as it happens (it is also
 	// kept, see Stack.Logs). Default: nil, kept only.
 	Log io.Writer
+	// LogFormat is the replicas' log format, json or human. Default json.
+	LogFormat string
 }
 
 // Key is one pool key as the stack configured it: its id and its fake value.
@@ -150,9 +152,17 @@ func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, error) {
 		return "", nil, fmt.Errorf("envoy/compose/keypool.yaml: %w", err)
 	}
 	tree["listen"] = map[string]any{"grpc": "127.0.0.1:0", "admin": "127.0.0.1:0"}
-	tree["log"] = map[string]any{"level": "info", "format": "json"}
+	format := opts.LogFormat
+	if format == "" {
+		format = "json"
+	}
+	tree["log"] = map[string]any{"level": "info", "format": format}
 	if opts.RedisURL != "" {
-		tree["state"] = map[string]any{"redis": map[string]any{"url": opts.RedisURL, "prefix": "e2e-" + randomHex(4) + ":"}}
+		// The longest timeout the configuration allows: the tests run the race-detector
+		// build of the binary on a small shared machine, where 50ms is sometimes short.
+		tree["state"] = map[string]any{"redis": map[string]any{
+			"url": opts.RedisURL, "prefix": "e2e-" + randomHex(4) + ":", "timeout": "150ms",
+		}}
 	} else {
 		delete(tree, "state")
 	}

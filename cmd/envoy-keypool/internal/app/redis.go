@@ -17,17 +17,22 @@ import (
 func newRedisState(ctx context.Context, cfg *config.Config, log slog.Logger, reg prometheus.Registerer) (*stateBackend, error) {
 	rc := cfg.State.Redis
 	opts := redisstate.Options{
-		URL:        rc.URL,
-		Addrs:      rc.Addrs,
-		MasterName: rc.MasterName,
-		DB:         rc.DB,
-		Username:   rc.Username,
-		Password:   rc.ResolvedPassword(),
-		Prefix:     rc.Prefix,
-		Timeout:    rc.Timeout.Std(),
-		RequestTTL: cfg.State.RequestTTL.Std(),
-		Logger:     log.Named("redis"),
-		Registerer: reg,
+		URL:                 rc.URL,
+		Addrs:               rc.Addrs,
+		MasterName:          rc.MasterName,
+		Cluster:             rc.Cluster,
+		DB:                  rc.DB,
+		Username:            rc.Username,
+		Password:            rc.ResolvedPassword(),
+		SentinelUsername:    rc.SentinelUsername,
+		SentinelPassword:    rc.ResolvedSentinelPassword(),
+		Prefix:              rc.Prefix,
+		Timeout:             rc.Timeout.Std(),
+		DialTimeout:         rc.DialTimeout.Std(),
+		HealthCheckInterval: rc.HealthCheckInterval.Std(),
+		RequestTTL:          cfg.State.RequestTTL.Std(),
+		Logger:              log.Named("redis"),
+		Registerer:          reg,
 	}
 	if rc.TLS {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}

@@ -1,0 +1,214 @@
+package extproc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"cdr.dev/slog/v3"
+	"cdr.dev/slog/v3/sloggers/slogjson"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/envoy-keypool/envoy-keypool/extproc"
+	"github.com/envoy-keypool/envoy-keypool/keypool"
+	"github.com/envoy-keypool/envoy-keypool/providers"
+)
+
+// BenchmarkProcessStream plays one upstream attempt as Envoy's upstream ext_proc
+// filter does, over a real gRPC connection on loopback TCP: open a Process stream
+// whose initial metadata names the pool, send the request headers, read the answer,
+// send the response headers, read the answer, half-close and read the end of the
+// stream. Client and server share this process, so ns/op and allocs/op count both
+// sides of the hop.
+//
+//   - passthrough: the baseline, a server that answers every message with an empty
+//     answer of its kind. Its cost is the cost of any ext_proc hop.
+//   - keypool/first: envoy-keypool with in-memory state, a first attempt and a
+//     healthy key (the hot path), answered 200.
+//   - keypool/failover: the attempt is answered 429, so the server marks the key and
+//     adds the retry marker (one info log line, as in production).
+//
+// Read keypool/*/passthrough as the share of the hop that envoy-keypool adds.
+func BenchmarkProcessStream(b *testing.B) {
+	tests := []struct {
+		name   string
+		status int
+		server func(*benchClock) extprocv3.ExternalProcessorServer
+		// wantMarker: the answer to the response headers asks Envoy to retry.
+		wantMarker bool
+	}{
+		{name: "passthrough", status: 200, server: func(*benchClock) extprocv3.ExternalProcessorServer { return extproc.PassThrough{} }},
+		{name: "keypool/first", status: 200, server: func(c *benchClock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
+		{name: "keypool/failover", status: 429, wantMarker: true,
+			server: func(c *benchClock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
+	}
+	for _, tt := range tests {
+		b.Run(tt.name, func(b *testing.B) {
+			clock := &benchClock{}
+			client := benchServe(b, tt.server(clock))
+			ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs("x-keypool-pool", "openai"))
+			resp := benchResponseHeaders(tt.status)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				// The failed key is back a minute later, so every iteration fails over
+				// from the same first key instead of walking the pool to exhaustion.
+				clock.advance(time.Minute)
+				marker, err := benchAttempt(ctx, client, benchRequestHeaders("bench-"+strconv.Itoa(i), 1), resp)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if marker != tt.wantMarker {
+					b.Fatalf("retry marker %v, want %v", marker, tt.wantMarker)
+				}
+			}
+		})
+	}
+}
+
+// benchAttempt plays one attempt and reports whether the answer to the response
+// headers carried the retry marker.
+func benchAttempt(ctx context.Context, client extprocv3.ExternalProcessorClient, req, resp *extprocv3.ProcessingRequest) (bool, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := client.Process(ctx)
+	if err != nil {
+		return false, err
+	}
+	if err := s.Send(req); err != nil {
+		return false, err
+	}
+	if a, err := s.Recv(); err != nil || a.GetRequestHeaders() == nil {
+		return false, fmt.Errorf("request headers answered %v, %v", a, err)
+	}
+	if err := s.Send(resp); err != nil {
+		return false, err
+	}
+	a, err := s.Recv()
+	if err != nil || a.GetResponseHeaders() == nil {
+		return false, fmt.Errorf("response headers answered %v, %v", a, err)
+	}
+	marker := len(a.GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders()) > 0
+	if err := s.CloseSend(); err != nil {
+		return false, err
+	}
+	if _, err := s.Recv(); !errors.Is(err, io.EOF) {
+		return false, fmt.Errorf("end of stream: %v", err)
+	}
+	return marker, nil
+}
+
+// benchRequestHeaders are an OpenAI SDK chat completion's headers as Envoy sends
+// them upstream: 14 headers, the client's placeholder credential among them.
+func benchRequestHeaders(requestID string, attempt int) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: &extprocv3.HttpHeaders{Headers: benchHeaderMap(
+			":method", "POST",
+			":path", "/v1/chat/completions",
+			":authority", "api.openai.com",
+			":scheme", "https",
+			"content-type", "application/json",
+			"content-length", "187",
+			"accept", "application/json",
+			"user-agent", "OpenAI/Python 1.99.0",
+			"authorization", "Bearer sk-placeholder-from-the-sdk",
+			"x-stainless-lang", "python",
+			"x-forwarded-proto", "https",
+			"x-envoy-expected-rq-timeout-ms", "600000",
+			"x-request-id", requestID,
+			"x-envoy-attempt-count", strconv.Itoa(attempt),
+		)},
+	}}
+}
+
+func benchResponseHeaders(code int) *extprocv3.ProcessingRequest {
+	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: benchHeaderMap(
+			":status", strconv.Itoa(code), "content-type", "application/json", "x-request-id", "upstream-id",
+		)},
+	}}
+}
+
+func benchHeaderMap(kv ...string) *corev3.HeaderMap {
+	hm := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(kv)/2)}
+	for i := 0; i+1 < len(kv); i += 2 {
+		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
+	}
+	return hm
+}
+
+// benchClock is a clock the benchmark moves forward; the zero value starts at a
+// fixed date.
+type benchClock struct{ offset atomic.Int64 }
+
+func (c *benchClock) Now() time.Time {
+	return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC).Add(time.Duration(c.offset.Load()))
+}
+
+func (c *benchClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+// benchKeypoolServer is envoy-keypool as `serve` wires it with in-memory state: a
+// pool of 4 keys, JSON logs at info level (written nowhere), unregistered metrics.
+func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {
+	b.Helper()
+	keys := make([]keypool.Key, 4)
+	for i := range keys {
+		keys[i] = keypool.NewKey("openai", fmt.Sprintf("openai-%d", i+1), fmt.Sprintf("bench-openai-key-%d-not-real", i+1))
+	}
+	pool, err := keypool.NewPool(keypool.PoolOptions{Name: "openai", Keys: keys,
+		State: keypool.NewMemoryState(clock, 0), Clock: clock})
+	if err != nil {
+		b.Fatal(err)
+	}
+	statuses := providers.DefaultFailureStatuses()
+	srv, err := extproc.NewServer(extproc.Options{
+		Targets: map[string]*extproc.Target{"openai": {Pool: pool, Provider: providers.OpenAI{},
+			FailsOver: func(s int) bool { return slices.Contains(statuses, s) }}},
+		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
+			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
+		Logger:  slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo),
+		Metrics: extproc.NewMetrics(nil),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return srv
+}
+
+// benchServe serves srv on a free loopback port for the benchmark's lifetime and
+// returns a client connected to it.
+func benchServe(b *testing.B, srv extprocv3.ExternalProcessorServer) extprocv3.ExternalProcessorClient {
+	b.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	extprocv3.RegisterExternalProcessorServer(gs, srv)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	conn, err := grpc.NewClient("passthrough:///"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		conn.Close()
+		gs.Stop()
+		<-done
+	})
+	return extprocv3.NewExternalProcessorClient(conn)
+}
+
+// benchPassThrough is the baseline: an ext_proc server that answers every message
+// with an empty answer of its kind, so Envoy carries on unchanged.
