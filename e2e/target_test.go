@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -103,17 +104,21 @@ func composeTarget(t *testing.T) *target {
 	return tg
 }
 
-// composeKeys are the fake key values docker-compose.yml gives the replicas.
+// composeKeys are the fake key values docker-compose.yml gives the replicas (the
+// same environment variables override them, as they would the stack's).
 func composeKeys() map[string][]stack.Key {
 	keys := map[string][]stack.Key{}
 	for _, p := range []struct {
-		pool, env string
-		n         int
-	}{{"openai", "OPENAI_API_KEY_", 5}, {"anthropic", "ANTHROPIC_API_KEY_", 3}, {"openai-byok", "OPENAI_BYOK_KEY_", 1}} {
+		pool, env, value string
+		n                int
+	}{
+		{"openai", "OPENAI_API_KEY_", "sk-compose-openai-", 5},
+		{"anthropic", "ANTHROPIC_API_KEY_", "sk-ant-compose-", 3},
+		{"openai-byok", "OPENAI_BYOK_KEY_", "sk-compose-openai-byok-", 1},
+	} {
 		for i := 1; i <= p.n; i++ {
-			id := p.pool + "-" + string(rune('0'+i))
-			keys[p.pool] = append(keys[p.pool], stack.Key{Pool: p.pool, ID: id,
-				Value: envOr(p.env+string(rune('0'+i)), "compose-fake-"+id)})
+			n := strconv.Itoa(i)
+			keys[p.pool] = append(keys[p.pool], stack.Key{Pool: p.pool, ID: p.pool + "-" + n, Value: envOr(p.env+n, p.value+n)})
 		}
 	}
 	return keys
