@@ -8,7 +8,6 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/envoy-keypool/envoy-keypool/extproc"
+	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 	"github.com/envoy-keypool/envoy-keypool/providers"
 )
@@ -44,18 +44,18 @@ func BenchmarkProcessStream(b *testing.B) {
 	tests := []struct {
 		name   string
 		status int
-		server func(*benchClock) extprocv3.ExternalProcessorServer
+		server func(*fakeclock.Clock) extprocv3.ExternalProcessorServer
 		// wantMarker: the answer to the response headers asks Envoy to retry.
 		wantMarker bool
 	}{
-		{name: "passthrough", status: 200, server: func(*benchClock) extprocv3.ExternalProcessorServer { return extproc.PassThrough{} }},
-		{name: "keypool/first", status: 200, server: func(c *benchClock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
+		{name: "passthrough", status: 200, server: func(*fakeclock.Clock) extprocv3.ExternalProcessorServer { return extproc.PassThrough{} }},
+		{name: "keypool/first", status: 200, server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
 		{name: "keypool/failover", status: 429, wantMarker: true,
-			server: func(c *benchClock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
+			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
 	}
 	for _, tt := range tests {
 		b.Run(tt.name, func(b *testing.B) {
-			clock := &benchClock{}
+			clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 			client := benchServe(b, tt.server(clock))
 			ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs("x-keypool-pool", "openai"))
 			resp := benchResponseHeaders(tt.status)
@@ -64,7 +64,7 @@ func BenchmarkProcessStream(b *testing.B) {
 			for i := 0; b.Loop(); i++ {
 				// The failed key is back a minute later, so every iteration fails over
 				// from the same first key instead of walking the pool to exhaustion.
-				clock.advance(time.Minute)
+				clock.Advance(time.Minute)
 				marker, err := benchAttempt(ctx, client, benchRequestHeaders("bench-"+strconv.Itoa(i), 1), resp)
 				if err != nil {
 					b.Fatal(err)
@@ -150,14 +150,6 @@ func benchHeaderMap(kv ...string) *corev3.HeaderMap {
 
 // benchClock is a clock the benchmark moves forward; the zero value starts at a
 // fixed date.
-type benchClock struct{ offset atomic.Int64 }
-
-func (c *benchClock) Now() time.Time {
-	return time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC).Add(time.Duration(c.offset.Load()))
-}
-
-func (c *benchClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
-
 // benchKeypoolServer is envoy-keypool as `serve` wires it with in-memory state: a
 // pool of 4 keys, JSON logs at info level (written nowhere), unregistered metrics.
 func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/envoy-keypool/envoy-keypool/extproc"
+	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 	"github.com/envoy-keypool/envoy-keypool/providers"
 )
@@ -36,15 +37,6 @@ var testKeyValues = map[string][]string{
 }
 
 const clientKey = "client-own-key-FFFFFFFFFFFFFFFF"
-
-type fakeClock struct {
-	mu sync.Mutex // protects t
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-
-func (c *fakeClock) Advance(d time.Duration) { c.mu.Lock(); defer c.mu.Unlock(); c.t = c.t.Add(d) }
 
 // syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
 type syncBuffer struct {
@@ -64,7 +56,7 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 // it writes captured.
 type harness struct {
 	t      *testing.T
-	clock  *fakeClock
+	clock  *fakeclock.Clock
 	client extprocv3.ExternalProcessorClient
 	logs   *syncBuffer
 
@@ -74,7 +66,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	state := keypool.NewMemoryState(clock, 0)
 	targets := map[string]*extproc.Target{}
 	for _, spec := range []struct {

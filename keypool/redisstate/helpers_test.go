@@ -11,6 +11,7 @@ import (
 	"cdr.dev/slog/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/internal/testredis"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 )
@@ -167,25 +168,7 @@ func (l *logSink) count(substr string) int {
 	return n
 }
 
-// fakeClock is a keypool.Clock that tests move.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Now().Truncate(time.Millisecond)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newFakeClock() *fakeclock.Clock { return fakeclock.New(time.Now().Truncate(time.Millisecond)) }
 
 // newPool builds a pool on state.
 func newPool(t testing.TB, name string, keys []keypool.Key, state keypool.State, clock keypool.Clock) *keypool.Pool {

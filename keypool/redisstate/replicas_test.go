@@ -74,7 +74,7 @@ func TestCooldownEndsOnBothReplicas(t *testing.T) {
 			}
 		}
 
-		clock.Add(time.Hour + time.Millisecond)
+		clock.Advance(time.Hour + time.Millisecond)
 		for name, p := range map[string]*keypool.Pool{"A": poolA, "B": poolB} {
 			for _, attempt := range []keypool.Attempt{{RequestID: "r3", Number: 1}, {RequestID: "r3", Number: 2}} {
 				if k, err := p.Pick(ctx, attempt); err != nil || k.ID() != "key-1" {

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/envoy-keypool/envoy-keypool/cmd/envoy-keypool/internal/admin"
+	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 )
 
@@ -23,13 +24,9 @@ const (
 	value2 = "test-admin-key-value-two-BBBB"
 )
 
-type fixedClock struct{ t time.Time }
-
-func (c *fixedClock) Now() time.Time { return c.t }
-
 func newServer(t *testing.T, tok string, ready func() error) (*httptest.Server, *admin.Handler, *keypool.Pool) {
 	t.Helper()
-	clock := &fixedClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	pool, err := keypool.NewPool(keypool.PoolOptions{Name: "openai", Clock: clock, Keys: []keypool.Key{
 		keypool.NewKey("openai", "one", value1), keypool.NewKey("openai", "two", value2),
 	}})

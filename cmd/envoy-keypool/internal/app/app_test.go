@@ -371,7 +371,7 @@ func TestUsage(t *testing.T) {
 func TestEnvoyConfigNeedsNoSecrets(t *testing.T) {
 	for _, k := range []string{"OPENAI_API_KEY_1", "OPENAI_API_KEY_2", "ANTHROPIC_API_KEY_1", "ANTHROPIC_API_KEY_2"} {
 		if _, set := os.LookupEnv(k); set {
-			t.Setenv(k, "")
+			t.Setenv(k, "") // restores the variable after the test
 			os.Unsetenv(k)
 		}
 	}
