@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -389,7 +390,7 @@ func (tg *target) readyz(i int) string {
 	var body struct {
 		Status string `json:"status"`
 	}
-	_ = jsonDecode(resp, &body)
+	_ = json.NewDecoder(resp.Body).Decode(&body)
 	return body.Status
 }
 

@@ -21,8 +21,7 @@ type attempt struct {
 
 	sawRequest bool
 	id         keypool.Attempt
-	key        keypool.Key // zero until a key was injected
-	injected   bool
+	key        keypool.Key // zero until a key was injected (ids are never empty)
 }
 
 // handle answers one message; nil means no answer is due.
@@ -69,7 +68,7 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 	if err != nil {
 		return a.exhausted(ctx, err)
 	}
-	a.key, a.injected = key, true
+	a.key = key
 	s.metrics.picks.WithLabelValues(a.poolName, key.ID()).Inc()
 
 	auth := t.Provider.AuthHeader(key.Value())
@@ -86,7 +85,7 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 
 func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv3.ProcessingResponse {
 	s := a.server
-	if !a.injected {
+	if a.key.ID() == "" {
 		// No key of ours on this attempt (BYOK, an unknown pool, or response headers
 		// without request headers before them): nothing to judge.
 		if !a.sawRequest {

@@ -1,7 +1,6 @@
 package extproc_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/envoy-keypool/envoy-keypool/extproc"
 	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
+	"github.com/envoy-keypool/envoy-keypool/internal/syncbuf"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 	"github.com/envoy-keypool/envoy-keypool/providers"
 )
@@ -38,27 +38,13 @@ var testKeyValues = map[string][]string{
 
 const clientKey = "client-own-key-FFFFFFFFFFFFFFFF"
 
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // harness is an ext_proc server on an in-memory gRPC connection, with everything
 // it writes captured.
 type harness struct {
 	t      *testing.T
 	clock  *fakeclock.Clock
 	client extprocv3.ExternalProcessorClient
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 
 	mu        sync.Mutex // protects responses
 	responses []string   // protojson of every answer, for the secret scan
@@ -94,7 +80,7 @@ func newHarness(t *testing.T) *harness {
 		targets[spec.pool] = &extproc.Target{Pool: pool, Provider: prov, AllowBYOK: spec.byok,
 			FailsOver: func(s int) bool { return containsInt(statuses, s) }}
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	srv, err := extproc.NewServer(extproc.Options{
 		Targets: targets,
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",

@@ -1,31 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net/http"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/syncbuf"
 )
-
-// syncBuffer collects the demo's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // TestDemoShowsAFailover runs what `make demo` runs and follows its instructions: the
 // printed curl gets an answer, and the failover it promises shows in its events.
@@ -41,7 +27,7 @@ func TestDemoShowsAFailover(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"--keypool-bin", bin, "--repo", "../.."}, out, out) }()
 

@@ -9,9 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/syncbuf"
 )
 
 // Replica is one envoy-keypool process.
@@ -21,7 +22,7 @@ type Replica struct {
 
 	cmd  *exec.Cmd
 	done chan struct{} // closed when the process exited
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 }
 
 var readyLine = regexp.MustCompile(`envoy-keypool ready grpc=(\S+) admin=(\S+)`)
@@ -31,7 +32,7 @@ var readyLine = regexp.MustCompile(`envoy-keypool ready grpc=(\S+) admin=(\S+)`)
 func startReplica(ctx context.Context, binary, configPath string, env []string, logTo io.Writer) (*Replica, error) {
 	cmd := exec.Command(binary, "serve", "--config", configPath, "--shutdown-timeout", "5s")
 	cmd.Env = append(os.Environ(), env...)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	var stderr io.Writer = logs
 	if logTo != nil {
 		stderr = io.MultiWriter(logs, logTo)
@@ -108,25 +109,6 @@ func (r *Replica) Exited() bool {
 
 // Logs is everything the process wrote (stdout and stderr).
 func (r *Replica) Logs() string { return r.logs.String() }
-
-// syncBuffer is a strings.Builder safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex // protects b
-	b  []byte
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b = append(s.b, p...)
-	return len(p), nil
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return string(s.b)
-}
 
 // stopAll stops replicas within d in total, returning their errors joined.
 func stopAll(replicas []*Replica, d time.Duration) error {

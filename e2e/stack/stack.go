@@ -21,6 +21,7 @@ import (
 	"github.com/envoy-keypool/envoy-keypool/e2e/mockprovider"
 	"github.com/envoy-keypool/envoy-keypool/envoy"
 	"github.com/envoy-keypool/envoy-keypool/envoy/standin"
+	"github.com/envoy-keypool/envoy-keypool/internal/syncbuf"
 )
 
 // Options configures Start.
@@ -64,7 +65,7 @@ type Stack struct {
 
 	mock      *httptest.Server
 	stopProxy context.CancelFunc
-	proxyLogs *syncBuffer
+	proxyLogs *syncbuf.Buffer
 	tempDir   string
 	closeOnce sync.Once
 }
@@ -82,7 +83,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Stack{tempDir: tempDir, proxyLogs: &syncBuffer{}, Keys: map[string][]Key{}}
+	s := &Stack{tempDir: tempDir, proxyLogs: &syncbuf.Buffer{}, Keys: map[string][]Key{}}
 	defer func() {
 		if err != nil {
 			s.Close()
