@@ -19,7 +19,7 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
 
 FROM build AS build-mock-provider
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -trimpath -ldflags="-s -w" -o /out/mock-provider ./cmd/mock-provider
+    go build -trimpath -ldflags="-s -w" -o /out/mock-provider ./internal/cmd/mock-provider
 
 FROM gcr.io/distroless/static-debian12:nonroot AS mock-provider
 COPY --from=build-mock-provider /out/mock-provider /usr/local/bin/mock-provider

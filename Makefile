@@ -17,7 +17,7 @@ all: build
 
 ## build: the envoy-keypool binary and the test tools (Envoy stand-in, mock provider) into bin/
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/... ./internal/cmd/...
 
 ## run: serve the example configuration with in-memory state and placeholder keys
 run:

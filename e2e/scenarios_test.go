@@ -16,7 +16,7 @@ import (
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/openai/openai-go/v3"
 
-	"github.com/envoy-keypool/envoy-keypool/e2e/mockprovider"
+	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 )
 
 func testCtx(t *testing.T) context.Context {

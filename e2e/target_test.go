@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/envoy-keypool/envoy-keypool/e2e/mockprovider"
-	"github.com/envoy-keypool/envoy-keypool/e2e/stack"
+	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
+	"github.com/envoy-keypool/envoy-keypool/internal/stack"
 	"github.com/envoy-keypool/envoy-keypool/internal/testredis"
 )
 

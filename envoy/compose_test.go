@@ -257,7 +257,7 @@ func TestComposeKeypoolReplicas(t *testing.T) {
 // dockerStage is one FROM … AS name stage of the Dockerfile.
 type dockerStage struct {
 	entrypoint []string
-	builds     []string // ./cmd/X packages built with go build
+	builds     []string // ./cmd/X and ./internal/cmd/X packages built with go build
 }
 
 func readDockerfile(t *testing.T) map[string]*dockerStage {
@@ -269,7 +269,7 @@ func readDockerfile(t *testing.T) map[string]*dockerStage {
 	defer f.Close()
 	stages := map[string]*dockerStage{}
 	var cur *dockerStage
-	buildPkg := regexp.MustCompile(`\./cmd/[A-Za-z0-9_-]+`)
+	buildPkg := regexp.MustCompile(`\./(?:internal/)?cmd/[A-Za-z0-9_-]+`)
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
@@ -324,13 +324,14 @@ func TestComposeCommandsExist(t *testing.T) {
 			continue
 		}
 		bin := filepath.Base(st.entrypoint[0])
-		pkg := "./cmd/" + bin
-		if !slices.Contains(built, pkg) {
-			t.Errorf("target %s runs %s, but the Dockerfile never builds %s", s.Build.Target, st.entrypoint[0], pkg)
+		i := slices.IndexFunc(built, func(pkg string) bool { return filepath.Base(pkg) == bin })
+		if i < 0 {
+			t.Errorf("target %s runs %s, but the Dockerfile never builds ./cmd/%s or ./internal/cmd/%s", s.Build.Target, st.entrypoint[0], bin, bin)
+			continue
 		}
-		src := goSource(t, filepath.Join(repoRoot, "cmd", bin))
+		src := goSource(t, filepath.Join(repoRoot, built[i]))
 		if src == "" {
-			t.Errorf("service %s runs %s, but cmd/%s has no Go source", name, bin, bin)
+			t.Errorf("service %s runs %s, but %s has no Go source", name, bin, built[i])
 			continue
 		}
 		for _, arg := range s.Command {

@@ -157,7 +157,7 @@ func TestShippedConfigPromises(t *testing.T) {
 			t.Errorf("compose cluster %q uses TLS; the mock provider and envoy-keypool speak plain HTTP", c.GetName())
 		}
 	}
-	// The end-to-end scenarios rely on this shape (e2e/stack runs this file).
+	// The end-to-end scenarios rely on this shape (internal/stack runs this file).
 	openai, _ := cfg.Pool("openai")
 	anthropic, _ := cfg.Pool("anthropic")
 	byok, _ := cfg.Pool("openai-byok")

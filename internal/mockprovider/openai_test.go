@@ -12,7 +12,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
-	"github.com/envoy-keypool/envoy-keypool/e2e/mockprovider"
+	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 )
 
 // newOpenAIClient is the official SDK pointed at srv, with retries off so that an error

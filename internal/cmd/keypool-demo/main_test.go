@@ -21,7 +21,7 @@ func TestDemoShowsAFailover(t *testing.T) {
 	}
 	bin := filepath.Join(t.TempDir(), "envoy-keypool")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/envoy-keypool")
-	build.Dir = "../.."
+	build.Dir = "../../.."
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
@@ -29,7 +29,7 @@ func TestDemoShowsAFailover(t *testing.T) {
 	defer cancel()
 	out := &syncbuf.Buffer{}
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"--keypool-bin", bin, "--repo", "../.."}, out, out) }()
+	go func() { done <- run(ctx, []string{"--keypool-bin", bin, "--repo", "../../.."}, out, out) }()
 
 	waitFor := func(re *regexp.Regexp) []string {
 		t.Helper()

@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/envoy-keypool/envoy-keypool/e2e/mockprovider"
+	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 )
 
 const (

@@ -12,7 +12,7 @@ import (
 	"github.com/anthropics/anthropic-sdk-go/v2/option"
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/envoy-keypool/envoy-keypool/e2e/mockprovider"
+	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 )
 
 // anthropicAuth is how a client presents its key to Anthropic.

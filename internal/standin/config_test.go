@@ -72,7 +72,7 @@ func TestFixturesLoad(t *testing.T) {
 // The Envoy configuration the project ships loads in the stand-in, so the e2e tests
 // can run it as users will.
 func TestShippedBootstrapsLoad(t *testing.T) {
-	for _, path := range []string{"../envoy.yaml", "../compose/envoy.yaml"} {
+	for _, path := range []string{"../../envoy/envoy.yaml", "../../envoy/compose/envoy.yaml"} {
 		bs, err := envoy.LoadBootstrap(path)
 		if errors.Is(err, os.ErrNotExist) {
 			t.Logf("%s not present", path)

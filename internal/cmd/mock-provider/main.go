@@ -1,5 +1,5 @@
 // Command mock-provider serves the mock OpenAI and Anthropic APIs of package
-// e2e/mockprovider, for the docker-compose stack and the demo:
+// internal/mockprovider, for the docker-compose stack and the demo:
 //
 //	mock-provider --listen :8080 [--behaviors behaviors.json]
 //
@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/envoy-keypool/envoy-keypool/e2e/mockprovider"
+	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 )
 
 // shutdownGrace bounds how long in-flight requests (a slow key's among them) may finish

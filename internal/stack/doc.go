@@ -1,5 +1,5 @@
 // Package stack starts the whole envoy-keypool chain on one machine without Docker:
-// the Envoy stand-in (package envoy/standin) running the shipped compose Envoy
+// the Envoy stand-in (package internal/standin) running the shipped compose Envoy
 // configuration, envoy-keypool replicas as real processes of the built binary, the
 // mock provider, and (optionally) a shared Redis given by URL.
 //

@@ -1,4 +1,4 @@
-// Command envoy-standin runs the Envoy stand-in (package envoy/standin) on an Envoy
+// Command envoy-standin runs the Envoy stand-in (package internal/standin) on an Envoy
 // bootstrap YAML, for local runs and tests on machines without an Envoy binary. It is
 // not Envoy: it reproduces the behaviour envoy-keypool relies on and refuses
 // configuration it does not implement.
@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/envoy-keypool/envoy-keypool/envoy"
-	"github.com/envoy-keypool/envoy-keypool/envoy/standin"
+	"github.com/envoy-keypool/envoy-keypool/internal/standin"
 )
 
 func main() {

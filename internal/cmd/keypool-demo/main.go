@@ -25,8 +25,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/envoy-keypool/envoy-keypool/e2e/mockprovider"
-	"github.com/envoy-keypool/envoy-keypool/e2e/stack"
+	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
+	"github.com/envoy-keypool/envoy-keypool/internal/stack"
 )
 
 func main() {
