@@ -18,8 +18,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/envoy-keypool/envoy-keypool/config"
-	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 	"github.com/envoy-keypool/envoy-keypool/envoy"
+	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 	"github.com/envoy-keypool/envoy-keypool/internal/standin"
 	"github.com/envoy-keypool/envoy-keypool/internal/syncbuf"
 )
