@@ -53,12 +53,17 @@ type Policy map[Reason]Rule
 //   - unauthorized: 1h by default, clamped to [1m, 24h]: long, yet never permanent.
 //   - forbidden: 30s by default, clamped to [1s, 10m]: a 403 is often about the request
 //     (region, model access), so a storm of them cannot empty the pool for long.
+//   - quota: 1h by default, clamped to [1m, 24h]: an account out of credit comes back
+//     when someone pays, which takes hours.
+//   - depleted: the provider's reset time, 1m when it gave none, clamped to [100ms, 1h].
 //   - disabled: an operator's action, 10 years unless the operator gives a duration.
 func DefaultPolicy() Policy {
 	return Policy{
 		ReasonRateLimited:  {Default: 30 * time.Second, Min: time.Second, Max: time.Hour},
 		ReasonUnauthorized: {Default: time.Hour, Min: time.Minute, Max: 24 * time.Hour},
 		ReasonForbidden:    {Default: 30 * time.Second, Min: time.Second, Max: 10 * time.Minute},
+		ReasonQuota:        {Default: time.Hour, Min: time.Minute, Max: 24 * time.Hour},
+		ReasonDepleted:     {Default: time.Minute, Min: 100 * time.Millisecond, Max: time.Hour},
 		ReasonDisabled:     {Default: 10 * 365 * 24 * time.Hour, Min: time.Second, Max: 10 * 365 * 24 * time.Hour},
 	}
 }

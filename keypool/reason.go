@@ -14,13 +14,19 @@ const (
 	// ReasonForbidden: the provider answered 403. Often not about the key (region,
 	// model access), so its default cooldown is short.
 	ReasonForbidden Reason = "forbidden"
+	// ReasonQuota: the key's account is out of credit or billing quota.
+	ReasonQuota Reason = "quota"
+	// ReasonDepleted: a successful response said the key's limit is spent (remaining
+	// requests 0, or tokens below the floor): the key is taken out until the provider's
+	// reset, before any request pays a 429 for it.
+	ReasonDepleted Reason = "depleted"
 	// ReasonDisabled: an operator took the key out of rotation.
 	ReasonDisabled Reason = "disabled"
 )
 
 // Reasons lists every reason, in a stable order.
 func Reasons() []Reason {
-	return []Reason{ReasonRateLimited, ReasonUnauthorized, ReasonForbidden, ReasonDisabled}
+	return []Reason{ReasonRateLimited, ReasonUnauthorized, ReasonForbidden, ReasonQuota, ReasonDepleted, ReasonDisabled}
 }
 
 // ParseReason returns the Reason named s.
