@@ -62,7 +62,7 @@ func BenchmarkAttemptHandling(b *testing.B) {
 	b.Run("response headers/429", func(b *testing.B) {
 		s := allocServer(b)
 		ctx, _ := allocFirstAttempt()
-		t := s.targets["openai"]
+		t := s.targets.Load().byName["openai"]
 		key, err := t.Pool.Pick(ctx, keypool.Attempt{RequestID: "r", Number: 1})
 		if err != nil {
 			b.Fatal(err)

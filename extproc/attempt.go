@@ -17,11 +17,12 @@ import (
 type attempt struct {
 	server   *Server
 	poolName string
-	target   *Target // nil when poolName names no pool
+	target   *target // nil when poolName names no pool
 
 	sawRequest bool
 	id         keypool.Attempt
 	key        keypool.Key // zero until a key was injected (ids are never empty)
+	keyT       *keyTarget
 }
 
 // handle answers one message; nil means no answer is due.
@@ -31,9 +32,9 @@ func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return a.onRequestHeaders(ctx, headerView{r.RequestHeaders.GetHeaders().GetHeaders()})
+		return a.onRequestHeaders(ctx, r.RequestHeaders)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return a.onResponseHeaders(ctx, headerView{r.ResponseHeaders.GetHeaders().GetHeaders()})
+		return a.onResponseHeaders(ctx, r.ResponseHeaders)
 	case nil:
 		return nil // e.g. a flow-control-only message: nothing to answer.
 	default:
@@ -44,7 +45,10 @@ func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 	}
 }
 
-func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3.ProcessingResponse {
+// end runs when the stream ends, whatever ended it.
+func (a *attempt) end(context.Context) {}
+
+func (a *attempt) onRequestHeaders(ctx context.Context, msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	s := a.server
 	if a.sawRequest {
 		// One stream carries one attempt; a second set of request headers is a client
@@ -53,14 +57,16 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 		return continueRequestHeaders(nil)
 	}
 	a.sawRequest = true
-	a.id = keypool.Attempt{RequestID: h.Get(s.headers.RequestID), Number: h.attemptNumber(s.headers.AttemptCount)}
-
 	if a.target == nil {
+		a.id.RequestID = headerView{msg.GetHeaders().GetHeaders()}.Get(s.headers.RequestID)
 		return a.unknownPool(ctx)
 	}
 	t := a.target
-	if t.AllowBYOK && t.Provider.HasClientCredential(h) {
-		s.metrics.byok.WithLabelValues(a.poolName).Inc()
+	h := readRequest(msg.GetHeaders().GetHeaders(), &t.names)
+	a.id = keypool.Attempt{RequestID: headerValue(h.requestID), Number: parseAttemptNumber(headerValue(h.attempt))}
+
+	if t.AllowBYOK && t.Provider.HasClientCredential(&h) {
+		t.byok.Inc()
 		return continueRequestHeaders(nil)
 	}
 
@@ -68,22 +74,31 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 	if err != nil {
 		return a.exhausted(ctx, err)
 	}
-	a.key = key
-	s.metrics.picks.WithLabelValues(a.poolName, key.ID()).Inc()
+	kt := t.keys[key.Ref()]
+	if kt == nil {
+		// The pool handed out a key the target was not compiled with: a bug, answered
+		// as one rather than with a key header built per request.
+		return a.internalError(ctx, fmt.Errorf("pool %q picked key %q unknown to its target", a.poolName, key.ID()))
+	}
+	a.key, a.keyT = key, kt
+	kt.picks.Inc()
 
-	auth := t.Provider.AuthHeader(key.Value())
-	m := &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader(auth.Name, auth.Value)}}
-	for _, name := range providers.CredentialHeaders() {
+	m := &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{kt.auth}}
+	for i, hv := range h.credentials {
 		// The auth header itself is overwritten, not removed: Envoy applies
-		// removals and sets in an order this server should not depend on.
-		if name != auth.Name && h.Has(name) {
-			m.RemoveHeaders = append(m.RemoveHeaders, name)
+		// removals before sets (mutation_utils.cc), but an answer should not
+		// depend on that order.
+		if hv != nil && t.names.credentials[i] != kt.authName {
+			m.RemoveHeaders = append(m.RemoveHeaders, t.names.credentials[i])
 		}
+	}
+	if h.model != nil {
+		m.RemoveHeaders = append(m.RemoveHeaders, t.names.model)
 	}
 	return continueRequestHeaders(m)
 }
 
-func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv3.ProcessingResponse {
+func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	s := a.server
 	if a.key.ID() == "" {
 		// No key of ours on this attempt (BYOK, an unknown pool, or response headers
@@ -93,6 +108,7 @@ func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv
 		}
 		return continueResponseHeaders(nil)
 	}
+	h := headerView{msg.GetHeaders().GetHeaders()}
 	code, ok := h.status()
 	if !ok {
 		s.metrics.unexpected.WithLabelValues("bad_status").Inc()
@@ -107,7 +123,7 @@ func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv
 	}
 	hint := t.Provider.RetryHint(h, t.Pool.Now())
 	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
-	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason)).Inc()
+	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason), string(keypool.ActionCool)).Inc()
 	a.logger().Info(ctx, "key failed; marked and retrying with the next key",
 		slog.F("pool", a.poolName), slog.F("key", a.key.ID()), slog.F("key_hint", a.key.Hint()),
 		slog.F("status", code), slog.F("reason", reason), slog.F("cooldown_until", c.Until),
@@ -122,16 +138,21 @@ func (a *attempt) exhausted(ctx context.Context, err error) *extprocv3.Processin
 	s := a.server
 	var ex *keypool.ExhaustedError
 	if !errors.As(err, &ex) {
-		// Pick returns only exhaustion today; anything else is a bug, answered as one.
-		a.logger().Error(ctx, "pick failed", slog.F("pool", a.poolName), slog.Error(err))
-		return immediate(a.target.Provider.ErrorResponse(providers.ErrorInfo{
-			Status: 500, Kind: providers.ErrorMisconfigured, Message: "envoy-keypool: internal error", RequestID: a.id.RequestID,
-		}), "keypool_internal_error")
+		return a.internalError(ctx, err)
 	}
 	s.metrics.exhausted.WithLabelValues(a.poolName, ex.Kind.String()).Inc()
 	a.logger().Warn(ctx, "pool exhausted", slog.F("pool", a.poolName), slog.F("kind", ex.Kind.String()),
 		slog.F("retry_after", ex.RetryAfter), slog.F("attempt", a.id.Number))
 	return immediate(providers.ExhaustedError(a.target.Provider, ex, a.id.RequestID), "keypool_exhausted_"+ex.Kind.String())
+}
+
+// internalError answers a bug (Pick returns only exhaustion) as one: a 500 in the
+// provider's format.
+func (a *attempt) internalError(ctx context.Context, err error) *extprocv3.ProcessingResponse {
+	a.logger().Error(ctx, "pick failed", slog.F("pool", a.poolName), slog.Error(err))
+	return immediate(a.target.Provider.ErrorResponse(providers.ErrorInfo{
+		Status: 500, Kind: providers.ErrorMisconfigured, Message: "envoy-keypool: internal error", RequestID: a.id.RequestID,
+	}), "keypool_internal_error")
 }
 
 // unknownPool fails closed: without a pool there is no key to inject, and passing
@@ -150,6 +171,7 @@ func (a *attempt) unknownPool(ctx context.Context) *extprocv3.ProcessingResponse
 	}), "keypool_unknown_pool")
 }
 
+// logger is the request's logger, built only when a line is logged.
 func (a *attempt) logger() slog.Logger {
 	return a.server.log.With(slog.F("request_id", a.id.RequestID))
 }
