@@ -92,7 +92,7 @@ type requestView struct {
 // requestNames are the header names a requestView indexes.
 type requestNames struct {
 	requestID, attempt, model string
-	credentials           [credentialSlots]string
+	credentials               [credentialSlots]string
 }
 
 func readRequest(headers []*corev3.HeaderValue, n *requestNames) requestView {
