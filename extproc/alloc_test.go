@@ -8,10 +8,10 @@ import (
 
 	"cdr.dev/slog/v3"
 	"cdr.dev/slog/v3/sloggers/slogjson"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/envoy-keypool/envoy-keypool/internal/extprocfixture"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 	"github.com/envoy-keypool/envoy-keypool/providers"
 )
@@ -71,10 +71,7 @@ func BenchmarkAttemptHandling(b *testing.B) {
 		// which keeps the state's size steady.
 		a := &attempt{server: s, poolName: "openai", target: t, sawRequest: true,
 			id: keypool.Attempt{RequestID: "5f0c7e7a-8a1b-4c59-9d0e-0d8f3a1e2b44", Number: 1}, key: key}
-		req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-			ResponseHeaders: &extprocv3.HttpHeaders{Headers: allocHeaderMap(
-				":status", "429", "content-type", "application/json", "x-request-id", "upstream-id")},
-		}}
+		req := extprocfixture.ResponseHeaders(429)
 		b.ReportAllocs()
 		for b.Loop() {
 			a.handle(ctx, req)
@@ -89,16 +86,7 @@ func allocFirstAttempt() (context.Context, *extprocv3.ProcessingRequest) {
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(
 		":authority", "envoy-keypool", "content-type", "application/grpc", "user-agent", "envoy/1.37.0",
 		"x-keypool-pool", "openai"))
-	req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-		RequestHeaders: &extprocv3.HttpHeaders{Headers: allocHeaderMap(
-			":method", "POST", ":path", "/v1/chat/completions", ":authority", "api.openai.com", ":scheme", "https",
-			"content-type", "application/json", "content-length", "187", "accept", "application/json",
-			"user-agent", "OpenAI/Python 1.99.0", "authorization", "Bearer sk-placeholder-from-the-sdk",
-			"x-forwarded-proto", "https", "x-request-id", "5f0c7e7a-8a1b-4c59-9d0e-0d8f3a1e2b44",
-			"x-envoy-attempt-count", "1",
-		)},
-	}}
-	return ctx, req
+	return ctx, extprocfixture.RequestHeaders(extprocfixture.Names{}, "5f0c7e7a-8a1b-4c59-9d0e-0d8f3a1e2b44", 1)
 }
 
 // allocServer is the server as `serve` wires it: in-memory state, JSON logs at info
@@ -125,12 +113,4 @@ func allocServer(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	return s
-}
-
-func allocHeaderMap(kv ...string) *corev3.HeaderMap {
-	hm := &corev3.HeaderMap{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-	}
-	return hm
 }

@@ -13,13 +13,13 @@ import (
 
 	"cdr.dev/slog/v3"
 	"cdr.dev/slog/v3/sloggers/slogjson"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/envoy-keypool/envoy-keypool/extproc"
+	"github.com/envoy-keypool/envoy-keypool/internal/extprocfixture"
 	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 	"github.com/envoy-keypool/envoy-keypool/providers"
@@ -58,14 +58,14 @@ func BenchmarkProcessStream(b *testing.B) {
 			clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 			client := benchServe(b, tt.server(clock))
 			ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs("x-keypool-pool", "openai"))
-			resp := benchResponseHeaders(tt.status)
+			resp := extprocfixture.ResponseHeaders(tt.status)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				// The failed key is back a minute later, so every iteration fails over
 				// from the same first key instead of walking the pool to exhaustion.
 				clock.Advance(time.Minute)
-				marker, err := benchAttempt(ctx, client, benchRequestHeaders("bench-"+strconv.Itoa(i), 1), resp)
+				marker, err := benchAttempt(ctx, client, extprocfixture.RequestHeaders(extprocfixture.Names{}, "bench-"+strconv.Itoa(i), 1), resp)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -109,47 +109,6 @@ func benchAttempt(ctx context.Context, client extprocv3.ExternalProcessorClient,
 	return marker, nil
 }
 
-// benchRequestHeaders are an OpenAI SDK chat completion's headers as Envoy sends
-// them upstream: 14 headers, the client's placeholder credential among them.
-func benchRequestHeaders(requestID string, attempt int) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-		RequestHeaders: &extprocv3.HttpHeaders{Headers: benchHeaderMap(
-			":method", "POST",
-			":path", "/v1/chat/completions",
-			":authority", "api.openai.com",
-			":scheme", "https",
-			"content-type", "application/json",
-			"content-length", "187",
-			"accept", "application/json",
-			"user-agent", "OpenAI/Python 1.99.0",
-			"authorization", "Bearer sk-placeholder-from-the-sdk",
-			"x-stainless-lang", "python",
-			"x-forwarded-proto", "https",
-			"x-envoy-expected-rq-timeout-ms", "600000",
-			"x-request-id", requestID,
-			"x-envoy-attempt-count", strconv.Itoa(attempt),
-		)},
-	}}
-}
-
-func benchResponseHeaders(code int) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: benchHeaderMap(
-			":status", strconv.Itoa(code), "content-type", "application/json", "x-request-id", "upstream-id",
-		)},
-	}}
-}
-
-func benchHeaderMap(kv ...string) *corev3.HeaderMap {
-	hm := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(kv)/2)}
-	for i := 0; i+1 < len(kv); i += 2 {
-		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-	}
-	return hm
-}
-
-// benchClock is a clock the benchmark moves forward; the zero value starts at a
-// fixed date.
 // benchKeypoolServer is envoy-keypool as `serve` wires it with in-memory state: a
 // pool of 4 keys, JSON logs at info level (written nowhere), unregistered metrics.
 func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {
@@ -201,6 +160,3 @@ func benchServe(b *testing.B, srv extprocv3.ExternalProcessorServer) extprocv3.E
 	})
 	return extprocv3.NewExternalProcessorClient(conn)
 }
-
-// benchPassThrough is the baseline: an ext_proc server that answers every message
-// with an empty answer of its kind, so Envoy carries on unchanged.
