@@ -59,7 +59,7 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 		return a.unknownPool(ctx)
 	}
 	t := a.target
-	if t.AllowBYOK && t.Provider.HasClientCredential(h) {
+	if t.AllowBYOK && t.Provider.ClientCredential(h) != "" {
 		s.metrics.byok.WithLabelValues(a.poolName).Inc()
 		return continueRequestHeaders(nil)
 	}
@@ -101,11 +101,11 @@ func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv
 		return continueResponseHeaders(nil)
 	}
 	t := a.target
-	reason, isKeyFailure := providers.FailureReason(code)
-	if !isKeyFailure || !t.FailsOver(code) {
+	f, isFailure := t.Provider.Classify(code, h, nil, t.Pool.Now())
+	if !isFailure || f.Class == keypool.ClassOverloaded || !t.FailsOver(code) {
 		return continueResponseHeaders(nil)
 	}
-	hint := t.Provider.RetryHint(h, t.Pool.Now())
+	reason, hint := f.Class.Reason(), f.Hint
 	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
 	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason)).Inc()
 	a.logger().Info(ctx, "key failed; marked and retrying with the next key",
