@@ -65,7 +65,7 @@ func (a *attempt) onRequestHeaders(ctx context.Context, msg *extprocv3.HttpHeade
 	h := readRequest(msg.GetHeaders().GetHeaders(), &t.names)
 	a.id = keypool.Attempt{RequestID: headerValue(h.requestID), Number: parseAttemptNumber(headerValue(h.attempt))}
 
-	if t.AllowBYOK && t.Provider.HasClientCredential(&h) {
+	if t.AllowBYOK && t.Provider.ClientCredential(&h) != "" {
 		t.byok.Inc()
 		return continueRequestHeaders(nil)
 	}
@@ -117,11 +117,11 @@ func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHead
 		return continueResponseHeaders(nil)
 	}
 	t := a.target
-	reason, isKeyFailure := providers.FailureReason(code)
-	if !isKeyFailure || !t.FailsOver(code) {
+	f, isFailure := t.Provider.Classify(code, h, nil, t.Pool.Now())
+	if !isFailure || f.Class == keypool.ClassOverloaded || !t.FailsOver(code) {
 		return continueResponseHeaders(nil)
 	}
-	hint := t.Provider.RetryHint(h, t.Pool.Now())
+	reason, hint := f.Class.Reason(), f.Hint
 	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
 	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason), string(keypool.ActionCool)).Inc()
 	a.logger().Info(ctx, "key failed; marked and retrying with the next key",

@@ -62,27 +62,28 @@ func containsName(names []string, n string) bool {
 	return false
 }
 
-func TestHasClientCredential(t *testing.T) {
+func TestClientCredential(t *testing.T) {
 	tests := []struct {
 		name     string
 		provider providers.Provider
 		headers  headerMap
-		want     bool
+		want     string
 	}{
-		{"openai bearer", providers.OpenAI{}, headerMap{"authorization": "Bearer client-key"}, true},
-		{"openai lower-case scheme", providers.OpenAI{}, headerMap{"authorization": "bearer client-key"}, true},
-		{"openai empty bearer", providers.OpenAI{}, headerMap{"authorization": "Bearer "}, false},
-		{"openai basic auth is not a key", providers.OpenAI{}, headerMap{"authorization": "Basic Zm9vOmJhcg=="}, false},
-		{"openai none", providers.OpenAI{}, headerMap{}, false},
-		{"openai ignores x-api-key", providers.OpenAI{}, headerMap{"x-api-key": "client-key"}, false},
-		{"anthropic x-api-key", providers.Anthropic{}, headerMap{"x-api-key": "client-key"}, true},
-		{"anthropic bearer", providers.Anthropic{}, headerMap{"authorization": "Bearer client-key"}, true},
-		{"anthropic none", providers.Anthropic{}, headerMap{"anthropic-version": "2023-06-01"}, false},
+		{"openai bearer", providers.OpenAI{}, headerMap{"authorization": "Bearer client-key"}, "client-key"},
+		{"openai lower-case scheme", providers.OpenAI{}, headerMap{"authorization": "bearer client-key"}, "client-key"},
+		{"openai empty bearer", providers.OpenAI{}, headerMap{"authorization": "Bearer "}, ""},
+		{"openai basic auth is not a key", providers.OpenAI{}, headerMap{"authorization": "Basic Zm9vOmJhcg=="}, ""},
+		{"openai none", providers.OpenAI{}, headerMap{}, ""},
+		{"openai ignores x-api-key", providers.OpenAI{}, headerMap{"x-api-key": "client-key"}, ""},
+		{"anthropic x-api-key", providers.Anthropic{}, headerMap{"x-api-key": "client-key"}, "client-key"},
+		{"anthropic bearer", providers.Anthropic{}, headerMap{"authorization": "Bearer client-key"}, "client-key"},
+		{"anthropic prefers x-api-key", providers.Anthropic{}, headerMap{"x-api-key": "a", "authorization": "Bearer b"}, "a"},
+		{"anthropic none", providers.Anthropic{}, headerMap{"anthropic-version": "2023-06-01"}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.provider.HasClientCredential(tt.headers); got != tt.want {
-				t.Errorf("HasClientCredential = %v, want %v", got, tt.want)
+			if got := tt.provider.ClientCredential(tt.headers); got != tt.want {
+				t.Errorf("ClientCredential = %q, want %q", got, tt.want)
 			}
 		})
 	}
