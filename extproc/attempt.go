@@ -23,6 +23,8 @@ type attempt struct {
 	id         keypool.Attempt
 	key        keypool.Key // zero until a key was injected (ids are never empty)
 	keyT       *keyTarget
+	answered   bool           // response headers seen
+	pending    *pendingAnswer // a failure answer waiting for its body
 }
 
 // handle answers one message; nil means no answer is due.
@@ -35,6 +37,8 @@ func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 		return a.onRequestHeaders(ctx, r.RequestHeaders)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		return a.onResponseHeaders(ctx, r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		return a.onResponseBody(ctx, r.ResponseBody)
 	case nil:
 		return nil // e.g. a flow-control-only message: nothing to answer.
 	default:
@@ -45,8 +49,14 @@ func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 	}
 }
 
-// end runs when the stream ends, whatever ended it.
-func (a *attempt) end(context.Context) {}
+// end runs when the stream ends, whatever ended it: an attempt that got a key but
+// no answer the pool could judge (Envoy gave up, the upstream reset, a body never
+// came) releases what it holds.
+func (a *attempt) end(ctx context.Context) {
+	if a.key.ID() != "" && (!a.answered || a.pending != nil) {
+		a.release(ctx)
+	}
+}
 
 func (a *attempt) onRequestHeaders(ctx context.Context, msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	s := a.server
@@ -100,39 +110,96 @@ func (a *attempt) onRequestHeaders(ctx context.Context, msg *extprocv3.HttpHeade
 
 func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	s := a.server
-	if a.key.ID() == "" {
+	if a.key.ID() == "" || a.answered {
 		// No key of ours on this attempt (BYOK, an unknown pool, or response headers
-		// without request headers before them): nothing to judge.
+		// without request headers before them), or a second set of response headers:
+		// nothing to judge.
 		if !a.sawRequest {
 			s.metrics.unexpected.WithLabelValues("response_before_request").Inc()
+		} else if a.answered {
+			s.metrics.unexpected.WithLabelValues("repeated_response_headers").Inc()
 		}
 		return continueResponseHeaders(nil)
 	}
+	a.answered = true
 	h := headerView{msg.GetHeaders().GetHeaders()}
 	code, ok := h.status()
 	if !ok {
 		s.metrics.unexpected.WithLabelValues("bad_status").Inc()
 		a.logger().Warn(ctx, "response headers without a valid :status; passed unchanged",
 			slog.F("pool", a.poolName), slog.F("key", a.key.ID()))
+		a.release(ctx)
 		return continueResponseHeaders(nil)
 	}
 	t := a.target
-	f, isFailure := t.Provider.Classify(code, h, nil, t.Pool.Now())
-	if !isFailure || f.Class == keypool.ClassOverloaded || !t.FailsOver(code) {
-		return continueResponseHeaders(nil)
+	if t.Provider.WantsBody(code, h) {
+		d := bodyAvailability(msg, h)
+		s.metrics.bodies.WithLabelValues(a.poolName, string(d)).Inc()
+		if d == bodyRequested {
+			a.pending = &pendingAnswer{status: code, headers: h}
+			return bufferResponseBody()
+		}
+	}
+	return continueResponseHeaders(a.judge(ctx, code, h, nil))
+}
+
+// pendingAnswer is a failure answer whose headers Envoy holds while it buffers the
+// error body the server asked for.
+type pendingAnswer struct {
+	status  int
+	headers headerView
+}
+
+// onResponseBody decides a failure answer whose body the server asked for. The
+// retry marker goes on this answer: Envoy applies it to the headers it held.
+func (a *attempt) onResponseBody(ctx context.Context, msg *extprocv3.HttpBody) *extprocv3.ProcessingResponse {
+	p := a.pending
+	if p == nil {
+		a.server.metrics.unexpected.WithLabelValues("unrequested_phase").Inc()
+		return continueResponseBody(nil)
+	}
+	a.pending = nil
+	a.server.metrics.bodies.WithLabelValues(a.poolName, "classified").Inc()
+	return continueResponseBody(a.judge(ctx, p.status, p.headers, msg.GetBody()))
+}
+
+// judge decides what an upstream answer means for the attempt's key and returns the
+// mutation that asks Envoy to retry, nil when no retry is due.
+func (a *attempt) judge(ctx context.Context, code int, h headerView, body []byte) *extprocv3.HeaderMutation {
+	t := a.target
+	f, isFailure := t.Provider.Classify(code, h, body, t.Pool.Now())
+	if !isFailure {
+		a.finish(ctx, h)
+		return nil
+	}
+	return a.fail(ctx, f)
+}
+
+// fail records a key failure and returns the retry marker when the request fails over.
+func (a *attempt) fail(ctx context.Context, f keypool.Failure) *extprocv3.HeaderMutation {
+	s, t := a.server, a.target
+	if f.Class == keypool.ClassOverloaded || !t.FailsOver(f.Status) {
+		a.finish(ctx, headerView{})
+		return nil
 	}
 	reason, hint := f.Class.Reason(), f.Hint
 	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
-	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason), string(keypool.ActionCool)).Inc()
+	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(f.Class), string(keypool.ActionCool)).Inc()
 	a.logger().Info(ctx, "key failed; marked and retrying with the next key",
 		slog.F("pool", a.poolName), slog.F("key", a.key.ID()), slog.F("key_hint", a.key.Hint()),
-		slog.F("status", code), slog.F("reason", reason), slog.F("cooldown_until", c.Until),
+		slog.F("status", f.Status), slog.F("class", f.Class), slog.F("cooldown_until", c.Until),
 		slog.F("provider_hint_known", hint.Known), slog.F("provider_hint", hint.After),
 		slog.F("attempt", a.id.Number))
-	return continueResponseHeaders(&extprocv3.HeaderMutation{
-		SetHeaders: []*corev3.HeaderValueOption{setHeader(s.headers.RetryMarker, string(reason))},
-	})
+	return &extprocv3.HeaderMutation{
+		SetHeaders: []*corev3.HeaderValueOption{setHeader(s.headers.RetryMarker, string(f.Class))},
+	}
 }
+
+// finish records an answer that is no key failure: the request is over for the pool.
+func (a *attempt) finish(context.Context, headerView) {}
+
+// release runs when the attempt ends without an answer the pool can judge.
+func (a *attempt) release(context.Context) {}
 
 func (a *attempt) exhausted(ctx context.Context, err error) *extprocv3.ProcessingResponse {
 	s := a.server
