@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"cdr.dev/slog/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/envoy-keypool/envoy-keypool/keypool"
@@ -23,8 +22,11 @@ type attempt struct {
 	id         keypool.Attempt
 	key        keypool.Key // zero until a key was injected (ids are never empty)
 	keyT       *keyTarget
+	req        requestView    // the request headers, once seen
+	model      string         // the request's model; "" when unknown
 	answered   bool           // response headers seen
 	pending    *pendingAnswer // a failure answer waiting for its body
+	answers    answers
 }
 
 // handle answers one message; nil means no answer is due.
@@ -34,7 +36,7 @@ func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return a.onRequestHeaders(ctx, r.RequestHeaders)
+		return a.onRequestHeaders(ctx, req, r.RequestHeaders)
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
 		return a.onResponseHeaders(ctx, r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
@@ -58,7 +60,7 @@ func (a *attempt) end(ctx context.Context) {
 	}
 }
 
-func (a *attempt) onRequestHeaders(ctx context.Context, msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
+func (a *attempt) onRequestHeaders(ctx context.Context, req *extprocv3.ProcessingRequest, msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	s := a.server
 	if a.sawRequest {
 		// One stream carries one attempt; a second set of request headers is a client
@@ -72,13 +74,18 @@ func (a *attempt) onRequestHeaders(ctx context.Context, msg *extprocv3.HttpHeade
 		return a.unknownPool(ctx)
 	}
 	t := a.target
-	h := readRequest(msg.GetHeaders().GetHeaders(), &t.names)
+	// The view lives in the attempt, which is on the heap anyway: handing it to the
+	// provider as an interface costs no allocation of its own.
+	a.req = readRequest(msg.GetHeaders().GetHeaders(), &t.names)
+	h := &a.req
 	a.id = keypool.Attempt{RequestID: headerValue(h.requestID), Number: parseAttemptNumber(headerValue(h.attempt))}
 
-	if t.AllowBYOK && t.Provider.ClientCredential(&h) != "" {
+	if t.AllowBYOK && t.Provider.ClientCredential(h) != "" {
 		t.byok.Inc()
 		return continueRequestHeaders(nil)
 	}
+	path := headerValue(h.path)
+	a.model = requestModel(t, path, h, req)
 
 	key, err := t.Pool.Pick(ctx, a.id)
 	if err != nil {
@@ -93,7 +100,18 @@ func (a *attempt) onRequestHeaders(ctx context.Context, msg *extprocv3.HttpHeade
 	a.key, a.keyT = key, kt
 	kt.picks.Inc()
 
-	m := &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{kt.auth}}
+	m := a.answers.requestMutation()
+	m.SetHeaders = append(m.SetHeaders, kt.auth)
+	if stripped, ok := t.Provider.StripPathCredential(path); ok {
+		// A client key in the query string (Gemini's ?key=) must not reach the
+		// provider next to the pool's. Envoy lets an upstream ext_proc set :path and
+		// does not validate it (mutation_utils.cc), so only a well-formed path is set;
+		// anything else fails closed rather than forward the client's key.
+		if !validPath(stripped) {
+			return a.internalError(ctx, fmt.Errorf("pool %q: the provider could not remove the client credential from the path", a.poolName))
+		}
+		m.SetHeaders = append(m.SetHeaders, setHeader(":path", stripped))
+	}
 	for i, hv := range h.credentials {
 		// The auth header itself is overwritten, not removed: Envoy applies
 		// removals before sets (mutation_utils.cc), but an answer should not
@@ -105,7 +123,7 @@ func (a *attempt) onRequestHeaders(ctx context.Context, msg *extprocv3.HttpHeade
 	if h.model != nil {
 		m.RemoveHeaders = append(m.RemoveHeaders, t.names.model)
 	}
-	return continueRequestHeaders(m)
+	return a.answers.continueRequest(m)
 }
 
 func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
@@ -140,7 +158,7 @@ func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHead
 			return bufferResponseBody()
 		}
 	}
-	return continueResponseHeaders(a.judge(ctx, code, h, nil))
+	return a.answers.continueResponse(a.judge(ctx, code, h, nil))
 }
 
 // pendingAnswer is a failure answer whose headers Envoy holds while it buffers the
@@ -190,9 +208,7 @@ func (a *attempt) fail(ctx context.Context, f keypool.Failure) *extprocv3.Header
 		slog.F("status", f.Status), slog.F("class", f.Class), slog.F("cooldown_until", c.Until),
 		slog.F("provider_hint_known", hint.Known), slog.F("provider_hint", hint.After),
 		slog.F("attempt", a.id.Number))
-	return &extprocv3.HeaderMutation{
-		SetHeaders: []*corev3.HeaderValueOption{setHeader(s.headers.RetryMarker, string(f.Class))},
-	}
+	return a.answers.marker(s.marker(f.Class))
 }
 
 // finish records an answer that is no key failure: the request is over for the pool.

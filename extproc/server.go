@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"cdr.dev/slog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -71,6 +72,8 @@ type Server struct {
 	logLevel slog.Level
 	metrics  *Metrics
 
+	markers map[keypool.Class]*corev3.HeaderValueOption // the retry marker, per class; shared, never modified
+
 	targets atomic.Pointer[targetSet]
 	swapMu  sync.Mutex // serializes SetTargets; never taken by a stream
 }
@@ -85,7 +88,11 @@ func NewServer(opts Options) (*Server, error) {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	s := &Server{headers: h, log: opts.Logger, logLevel: opts.LogLevel, metrics: m}
+	s := &Server{headers: h, log: opts.Logger, logLevel: opts.LogLevel, metrics: m,
+		markers: map[keypool.Class]*corev3.HeaderValueOption{}}
+	for _, c := range keypool.Classes() {
+		s.markers[c] = setHeader(h.RetryMarker, string(c))
+	}
 	if err := s.SetTargets(opts.Targets); err != nil {
 		return nil, err
 	}
@@ -142,6 +149,15 @@ func (s *Server) newAttempt(ctx context.Context) *attempt {
 	}
 	a.target = s.targets.Load().byName[a.poolName]
 	return a
+}
+
+// marker is the option that sets the retry marker for a failure of class c; its
+// value names the class, for logs and for Envoy's access log.
+func (s *Server) marker(c keypool.Class) *corev3.HeaderValueOption {
+	if o, ok := s.markers[c]; ok {
+		return o
+	}
+	return setHeader(s.headers.RetryMarker, string(c))
 }
 
 // debug reports whether debug lines are logged.
