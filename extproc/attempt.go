@@ -150,6 +150,7 @@ func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHead
 		return continueResponseHeaders(nil)
 	}
 	t := a.target
+	a.keyT.last.record(code, s.now())
 	if t.Provider.WantsBody(code, h) {
 		d := bodyAvailability(msg, h)
 		s.metrics.bodies.WithLabelValues(a.poolName, string(d)).Inc()

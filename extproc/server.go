@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"cdr.dev/slog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -61,6 +62,9 @@ type Options struct {
 	LogLevel slog.Level
 	// Metrics records what the server does. Default: unregistered metrics.
 	Metrics *Metrics
+	// Clock tells the time of durations and of the last status seen per key.
+	// Default: the system clock.
+	Clock keypool.Clock
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
@@ -71,6 +75,7 @@ type Server struct {
 	log      slog.Logger
 	logLevel slog.Level
 	metrics  *Metrics
+	clock    keypool.Clock
 
 	markers map[keypool.Class]*corev3.HeaderValueOption // the retry marker, per class; shared, never modified
 
@@ -88,7 +93,7 @@ func NewServer(opts Options) (*Server, error) {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	s := &Server{headers: h, log: opts.Logger, logLevel: opts.LogLevel, metrics: m,
+	s := &Server{headers: h, log: opts.Logger, logLevel: opts.LogLevel, metrics: m, clock: opts.Clock,
 		markers: map[keypool.Class]*corev3.HeaderValueOption{}}
 	for _, c := range keypool.Classes() {
 		s.markers[c] = setHeader(h.RetryMarker, string(c))
@@ -158,6 +163,14 @@ func (s *Server) marker(c keypool.Class) *corev3.HeaderValueOption {
 		return o
 	}
 	return setHeader(s.headers.RetryMarker, string(c))
+}
+
+// now reads the server's clock.
+func (s *Server) now() time.Time {
+	if s.clock == nil {
+		return time.Now()
+	}
+	return s.clock.Now()
 }
 
 // debug reports whether debug lines are logged.

@@ -45,6 +45,7 @@ const clientKey = "client-own-key-FFFFFFFFFFFFFFFF"
 type harness struct {
 	t      *testing.T
 	clock  *fakeclock.Clock
+	srv    *extproc.Server
 	client extprocv3.ExternalProcessorClient
 	logs   *syncbuf.Buffer
 
@@ -89,6 +90,7 @@ func newHarness(t *testing.T) *harness {
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
 		Logger:  slog.Make(slogjson.Sink(logs)).Leveled(slog.LevelDebug),
 		Metrics: extproc.NewMetrics(nil),
+		Clock:   clock,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -103,7 +105,7 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, clock: clock, client: extprocv3.NewExternalProcessorClient(conn), logs: logs}
+	h := &harness{t: t, clock: clock, srv: srv, client: extprocv3.NewExternalProcessorClient(conn), logs: logs}
 	t.Cleanup(func() {
 		conn.Close()
 		gs.Stop()
@@ -563,4 +565,37 @@ func TestConcurrentStreams(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+func TestLastStatusPerKey(t *testing.T) {
+	h := newHarness(t)
+	if _, _, ok := h.srv.LastStatus("openai", "openai-1"); ok {
+		t.Fatal("a last status before any answer")
+	}
+	s := h.open("openai")
+	injected(t, s.requestHeaders("x-request-id", "r1", "x-envoy-attempt-count", "1"))
+	s.responseHeaders(":status", "429", "retry-after", "20")
+	at := h.clock.Now()
+	h.clock.Advance(3 * time.Second)
+	s2 := h.open("openai")
+	injected(t, s2.requestHeaders("x-request-id", "r1", "x-envoy-attempt-count", "2"))
+	s2.responseHeaders(":status", "200")
+
+	tests := []struct {
+		key    string
+		status int
+		at     time.Time
+	}{
+		{"openai-1", 429, at},
+		{"openai-2", 200, at.Add(3 * time.Second)},
+	}
+	for _, tt := range tests {
+		code, when, ok := h.srv.LastStatus("openai", tt.key)
+		if !ok || code != tt.status || !when.Equal(tt.at.Truncate(time.Second)) {
+			t.Errorf("LastStatus(%s) = %d at %v (%v), want %d at %v", tt.key, code, when, ok, tt.status, tt.at)
+		}
+	}
+	if _, _, ok := h.srv.LastStatus("openai", "nope"); ok {
+		t.Error("a last status for an unknown key")
+	}
 }

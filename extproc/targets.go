@@ -36,6 +36,7 @@ type keyTarget struct {
 	auth     *corev3.HeaderValueOption
 	authName string
 	picks    prometheus.Counter
+	last     *lastStatus // shared by the generations that keep the key's value
 }
 
 func (s *Server) compile(targets map[string]*Target) (*targetSet, error) {
@@ -59,6 +60,7 @@ func (s *Server) compile(targets map[string]*Target) (*targetSet, error) {
 				auth:     setHeader(auth.Name, auth.Value),
 				authName: auth.Name,
 				picks:    s.metrics.picks.WithLabelValues(name, k.ID()),
+				last:     s.carriedLastStatus(name, k.Ref()),
 			}
 		}
 		set.byName[name] = ct
@@ -74,4 +76,17 @@ func (t *target) hasKeyID(id string) bool {
 		}
 	}
 	return false
+}
+
+// carriedLastStatus is the last-status record of the key ref of pool in the targets
+// served now, so that a reload keeps it; a new one for a key not served yet.
+func (s *Server) carriedLastStatus(pool, ref string) *lastStatus {
+	if cur := s.targets.Load(); cur != nil {
+		if t := cur.byName[pool]; t != nil {
+			if k := t.keys[ref]; k != nil {
+				return k.last
+			}
+		}
+	}
+	return &lastStatus{}
 }
