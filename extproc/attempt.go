@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"cdr.dev/slog/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -20,11 +21,13 @@ type attempt struct {
 
 	sawRequest bool
 	id         keypool.Attempt
-	key        keypool.Key // zero until a key was injected (ids are never empty)
+	started    time.Time    // the request's start (its first attempt's), for the duration metric
+	pick       keypool.Pick // zero until a key was injected (ids are never empty)
 	keyT       *keyTarget
 	req        requestView    // the request headers, once seen
-	model      string         // the request's model; "" when unknown
+	resp       headerView     // the response headers, once seen
 	answered   bool           // response headers seen
+	judged     bool           // the pool heard the attempt's outcome (Fail or Finish)
 	pending    *pendingAnswer // a failure answer waiting for its body
 	answers    answers
 }
@@ -52,11 +55,15 @@ func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 }
 
 // end runs when the stream ends, whatever ended it: an attempt that got a key but
-// no answer the pool could judge (Envoy gave up, the upstream reset, a body never
-// came) releases what it holds.
+// whose outcome the pool never heard (Envoy gave up, the upstream reset, the body
+// asked for never came) releases what it holds, such as a probe.
 func (a *attempt) end(ctx context.Context) {
-	if a.key.ID() != "" && (!a.answered || a.pending != nil) {
-		a.release(ctx)
+	if a.pick.ID() != "" && !a.judged {
+		a.judged = true
+		if a.pick.Probing() {
+			a.server.metrics.probes.WithLabelValues(a.poolName, a.pick.ID(), "released").Inc()
+		}
+		a.target.Pool.Release(ctx, a.id, a.pick)
 	}
 }
 
@@ -79,25 +86,32 @@ func (a *attempt) onRequestHeaders(ctx context.Context, req *extprocv3.Processin
 	a.req = readRequest(msg.GetHeaders().GetHeaders(), &t.names)
 	h := &a.req
 	a.id = keypool.Attempt{RequestID: headerValue(h.requestID), Number: parseAttemptNumber(headerValue(h.attempt))}
+	a.started = requestStart(req, s.now())
 
-	if t.AllowBYOK && t.Provider.ClientCredential(h) != "" {
-		t.byok.Inc()
-		return continueRequestHeaders(nil)
+	if t.AllowBYOK {
+		// On a retry the credential header holds the key an earlier attempt injected
+		// (all attempts share Envoy's header map): it is the client's own only when
+		// it is none of the pool's keys.
+		if cred := t.Provider.ClientCredential(h); cred != "" && !t.Pool.Owns(cred) {
+			t.byok.Inc()
+			return continueRequestHeaders(nil)
+		}
 	}
 	path := headerValue(h.path)
-	a.model = requestModel(t, path, h, req)
+	a.id.Model = requestModel(t, path, h, req)
 
-	key, err := t.Pool.Pick(ctx, a.id)
+	pick, err := t.Pool.Pick(ctx, a.id)
 	if err != nil {
 		return a.exhausted(ctx, err)
 	}
-	kt := t.keys[key.Ref()]
+	kt := t.keys[pick.Ref()]
 	if kt == nil {
 		// The pool handed out a key the target was not compiled with: a bug, answered
 		// as one rather than with a key header built per request.
-		return a.internalError(ctx, fmt.Errorf("pool %q picked key %q unknown to its target", a.poolName, key.ID()))
+		t.Pool.Release(ctx, a.id, pick)
+		return a.internalError(ctx, fmt.Errorf("pool %q picked key %q unknown to its target", a.poolName, pick.ID()))
 	}
-	a.key, a.keyT = key, kt
+	a.pick, a.keyT = pick, kt
 	kt.picks.Inc()
 
 	m := a.answers.requestMutation()
@@ -108,6 +122,7 @@ func (a *attempt) onRequestHeaders(ctx context.Context, req *extprocv3.Processin
 		// does not validate it (mutation_utils.cc), so only a well-formed path is set;
 		// anything else fails closed rather than forward the client's key.
 		if !validPath(stripped) {
+			a.end(ctx)
 			return a.internalError(ctx, fmt.Errorf("pool %q: the provider could not remove the client credential from the path", a.poolName))
 		}
 		m.SetHeaders = append(m.SetHeaders, setHeader(":path", stripped))
@@ -128,7 +143,7 @@ func (a *attempt) onRequestHeaders(ctx context.Context, req *extprocv3.Processin
 
 func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	s := a.server
-	if a.key.ID() == "" || a.answered {
+	if a.pick.ID() == "" || a.answered {
 		// No key of ours on this attempt (BYOK, an unknown pool, or response headers
 		// without request headers before them), or a second set of response headers:
 		// nothing to judge.
@@ -140,13 +155,16 @@ func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHead
 		return continueResponseHeaders(nil)
 	}
 	a.answered = true
-	h := headerView{msg.GetHeaders().GetHeaders()}
+	// Held in the attempt: handing a pointer to it to the provider as an interface
+	// costs no allocation.
+	a.resp = headerView{msg.GetHeaders().GetHeaders()}
+	h := &a.resp
 	code, ok := h.status()
 	if !ok {
 		s.metrics.unexpected.WithLabelValues("bad_status").Inc()
 		a.logger().Warn(ctx, "response headers without a valid :status; passed unchanged",
-			slog.F("pool", a.poolName), slog.F("key", a.key.ID()))
-		a.release(ctx)
+			slog.F("pool", a.poolName), slog.F("key", a.pick.ID()))
+		a.end(ctx)
 		return continueResponseHeaders(nil)
 	}
 	t := a.target
@@ -166,7 +184,7 @@ func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHead
 // error body the server asked for.
 type pendingAnswer struct {
 	status  int
-	headers headerView
+	headers *headerView
 }
 
 // onResponseBody decides a failure answer whose body the server asked for. The
@@ -182,41 +200,101 @@ func (a *attempt) onResponseBody(ctx context.Context, msg *extprocv3.HttpBody) *
 	return continueResponseBody(a.judge(ctx, p.status, p.headers, msg.GetBody()))
 }
 
-// judge decides what an upstream answer means for the attempt's key and returns the
-// mutation that asks Envoy to retry, nil when no retry is due.
-func (a *attempt) judge(ctx context.Context, code int, h headerView, body []byte) *extprocv3.HeaderMutation {
+// judge tells the pool what an upstream answer means for the attempt's key and
+// returns the mutation that asks Envoy to retry, nil when no retry is due.
+func (a *attempt) judge(ctx context.Context, code int, h *headerView, body []byte) *extprocv3.HeaderMutation {
 	t := a.target
-	f, isFailure := t.Provider.Classify(code, h, body, t.Pool.Now())
+	now := t.Pool.Now()
+	a.judged = true
+	f, isFailure := t.Provider.Classify(code, h, body, now)
 	if !isFailure {
-		a.finish(ctx, h)
+		a.finish(ctx, t.Provider.Headroom(h, now))
 		return nil
 	}
 	return a.fail(ctx, f)
 }
 
-// fail records a key failure and returns the retry marker when the request fails over.
-func (a *attempt) fail(ctx context.Context, f keypool.Failure) *extprocv3.HeaderMutation {
+// finish records an answer that is no key failure: the request is over for the pool.
+func (a *attempt) finish(ctx context.Context, hr keypool.Headroom) {
 	s, t := a.server, a.target
-	if f.Class == keypool.ClassOverloaded || !t.FailsOver(f.Status) {
-		a.finish(ctx, headerView{})
-		return nil
+	fin := t.Pool.Finish(ctx, a.id, a.pick, hr)
+	if fin.ProbeSucceeded {
+		s.metrics.probes.WithLabelValues(a.poolName, a.pick.ID(), "success").Inc()
 	}
-	reason, hint := f.Class.Reason(), f.Hint
-	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
-	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(f.Class), string(keypool.ActionCool)).Inc()
-	a.logger().Info(ctx, "key failed; marked and retrying with the next key",
-		slog.F("pool", a.poolName), slog.F("key", a.key.ID()), slog.F("key_hint", a.key.Hint()),
-		slog.F("status", f.Status), slog.F("class", f.Class), slog.F("cooldown_until", c.Until),
-		slog.F("provider_hint_known", hint.Known), slog.F("provider_hint", hint.After),
-		slog.F("attempt", a.id.Number))
-	return a.answers.marker(s.marker(f.Class))
+	if fin.Depleted && fin.Changed {
+		t.depleted.Inc()
+		a.logger().Info(ctx, "key out of headroom; taken out until its limit resets",
+			slog.F("pool", a.poolName), slog.F("key", a.pick.ID()), slog.F("key_hint", a.pick.Hint()),
+			slog.F("model", fin.Model), slog.F("until", fin.Cooldown.Until),
+			slog.F("requests_left", hr.Requests.Left), slog.F("tokens_left", hr.Tokens.Left))
+	}
+	a.ended()
 }
 
-// finish records an answer that is no key failure: the request is over for the pool.
-func (a *attempt) finish(context.Context, headerView) {}
+// fail records a key failure and returns the retry marker when the request fails
+// over.
+func (a *attempt) fail(ctx context.Context, f keypool.Failure) *extprocv3.HeaderMutation {
+	s, t := a.server, a.target
+	out := t.Pool.Fail(ctx, a.id, a.pick, f)
+	s.metrics.failures.WithLabelValues(a.poolName, a.pick.ID(), string(out.Class), string(out.Action)).Inc()
+	if out.ProbeFailed {
+		s.metrics.probes.WithLabelValues(a.poolName, a.pick.ID(), "failure").Inc()
+	}
+	// A burst of failures of one key logs one info line: the one that changed its
+	// cooldown. The others are there at debug level.
+	if out.Changed {
+		a.logFailure(ctx, slog.LevelInfo, f, out)
+	} else if s.debug() {
+		a.logFailure(ctx, slog.LevelDebug, f, out)
+	}
+	if !out.Retry {
+		a.ended() // the provider's answer is the client's
+		return nil
+	}
+	return a.answers.marker(s.marker(out.Class))
+}
 
-// release runs when the attempt ends without an answer the pool can judge.
-func (a *attempt) release(context.Context) {}
+func (a *attempt) logFailure(ctx context.Context, level slog.Level, f keypool.Failure, out keypool.Outcome) {
+	msg := "key failed; retrying with the next key"
+	switch {
+	case !out.Retry:
+		msg = "key failed; the provider's answer goes to the client"
+	case out.Changed:
+		msg = "key failed and cools down; retrying with the next key"
+	}
+	fields := []slog.Field{
+		slog.F("pool", a.poolName), slog.F("key", a.pick.ID()), slog.F("key_hint", a.pick.Hint()),
+		slog.F("status", f.Status), slog.F("class", out.Class), slog.F("action", out.Action),
+		slog.F("model", out.Model), slog.F("retry", out.Retry), slog.F("attempt", a.id.Number),
+		slog.F("provider_hint_known", f.Hint.Known), slog.F("provider_hint", f.Hint.After),
+	}
+	if !out.Cooldown.Until.IsZero() {
+		fields = append(fields, slog.F("cooldown_until", out.Cooldown.Until), slog.F("reason", out.Cooldown.Reason))
+	}
+	if out.Action == keypool.ActionCorroborate {
+		fields = append(fields, slog.F("agreeing_requests", out.Agreeing))
+	}
+	if out.ProbeFailed {
+		fields = append(fields, slog.F("probe_failed", true))
+	}
+	if level == slog.LevelInfo {
+		a.logger().Info(ctx, msg, fields...)
+	} else {
+		a.logger().Debug(ctx, msg, fields...)
+	}
+}
+
+// ended records that the request is over as far as envoy-keypool can tell: the
+// client gets the answer this attempt saw.
+func (a *attempt) ended() {
+	t := a.target
+	if a.id.Number > 0 {
+		t.attempts.Observe(float64(a.id.Number))
+	}
+	if d := a.server.now().Sub(a.started); d >= 0 && !a.started.IsZero() {
+		t.duration.Observe(d.Seconds())
+	}
+}
 
 func (a *attempt) exhausted(ctx context.Context, err error) *extprocv3.ProcessingResponse {
 	s := a.server
@@ -225,8 +303,9 @@ func (a *attempt) exhausted(ctx context.Context, err error) *extprocv3.Processin
 		return a.internalError(ctx, err)
 	}
 	s.metrics.exhausted.WithLabelValues(a.poolName, ex.Kind.String()).Inc()
+	a.ended()
 	a.logger().Warn(ctx, "pool exhausted", slog.F("pool", a.poolName), slog.F("kind", ex.Kind.String()),
-		slog.F("retry_after", ex.RetryAfter), slog.F("attempt", a.id.Number))
+		slog.F("model", ex.Model), slog.F("retry_after", ex.RetryAfter), slog.F("attempt", a.id.Number))
 	return immediate(providers.ExhaustedError(a.target.Provider, ex, a.id.RequestID), "keypool_exhausted_"+ex.Kind.String())
 }
 

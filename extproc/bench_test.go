@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -122,10 +121,9 @@ func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {
 	if err != nil {
 		b.Fatal(err)
 	}
-	statuses := providers.DefaultFailureStatuses()
 	srv, err := extproc.NewServer(extproc.Options{
 		Targets: map[string]*extproc.Target{"openai": {Pool: pool, Provider: providers.OpenAI{},
-			FailsOver: func(s int) bool { return slices.Contains(statuses, s) }}},
+		}},
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
 		Logger:  slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo),

@@ -52,7 +52,7 @@ const (
 
 // bodyAvailability decides whether Envoy can buffer the body of a response whose
 // headers message is msg, without risking its buffer limit.
-func bodyAvailability(msg *extprocv3.HttpHeaders, h headerView) bodyDecision {
+func bodyAvailability(msg *extprocv3.HttpHeaders, h *headerView) bodyDecision {
 	if msg.GetEndOfStream() {
 		return bodyNone
 	}

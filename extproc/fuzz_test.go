@@ -26,7 +26,7 @@ func fuzzServer(t testing.TB) *Server {
 		}
 		prov, _ := providers.New(name)
 		targets[name] = &Target{Pool: pool, Provider: prov, AllowBYOK: name == "anthropic", ModelHeader: "x-keypool-model",
-			FailsOver: func(s int) bool { _, ok := providers.FailureReason(s); return ok }}
+		}
 	}
 	s, err := NewServer(Options{Targets: targets, Headers: Headers{
 		PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",

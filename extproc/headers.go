@@ -3,6 +3,7 @@ package extproc
 import (
 	"strconv"
 	"strings"
+	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 )
@@ -34,12 +35,18 @@ func (h headerView) Has(name string) bool {
 	return false
 }
 
+// headerValue is hv's value, raw_value first. A raw value is read in place, without
+// a copy: the string shares the message's bytes, which nothing writes after gRPC
+// decoded the message (protobuf-go copies bytes fields out of the wire buffer when
+// it unmarshals, and this server never modifies a request), and it keeps them alive
+// as long as it lives. Every provider reads several headers of every answer, so a
+// copy per read would be most of the hot path's allocations.
 func headerValue(hv *corev3.HeaderValue) string {
 	if hv == nil {
 		return ""
 	}
 	if raw := hv.GetRawValue(); len(raw) > 0 {
-		return string(raw)
+		return unsafe.String(&raw[0], len(raw))
 	}
 	return hv.GetValue()
 }

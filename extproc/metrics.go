@@ -14,7 +14,7 @@ type Metrics struct {
 	unexpected *prometheus.CounterVec
 	bodies     *prometheus.CounterVec
 	probes     *prometheus.CounterVec
-	steered    *prometheus.CounterVec
+	depleted   *prometheus.CounterVec
 	attempts   *prometheus.HistogramVec
 	duration   *prometheus.HistogramVec
 }
@@ -51,9 +51,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "envoy_keypool_probes_total",
 			Help: "Attempts that probed a key whose cooldown had ended, by result: success (the key is back), failure (cooled again, for longer), released (the attempt ended without an answer).",
 		}, []string{"pool", "key", "result"}),
-		steered: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "envoy_keypool_headroom_steered_picks_total",
-			Help: "Picks that skipped a key taken out by headroom steering (its provider reported no requests or too few tokens left) and so paid no 429.",
+		depleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envoy_keypool_headroom_depletions_total",
+			Help: "Times headroom steering took a key (or a key for one model) out until its limit resets, because a successful answer said no requests or too few tokens were left: the picks it would have served until the reset go to other keys instead of paying a 429.",
 		}, []string{"pool"}),
 		attempts: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "envoy_keypool_request_attempts",
@@ -68,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.picks, m.failures, m.exhausted, m.byok, m.unexpected, m.bodies, m.probes,
-			m.steered, m.attempts, m.duration)
+			m.depleted, m.attempts, m.duration)
 	}
 	return m
 }
@@ -84,7 +84,7 @@ func (m *Metrics) forgetRemoved(old, cur *targetSet) {
 		if !kept {
 			pool := prometheus.Labels{"pool": name}
 			for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-				m.picks, m.failures, m.exhausted, m.byok, m.bodies, m.probes, m.steered, m.attempts, m.duration,
+				m.picks, m.failures, m.exhausted, m.byok, m.bodies, m.probes, m.depleted, m.attempts, m.duration,
 			} {
 				v.DeletePartialMatch(pool)
 			}

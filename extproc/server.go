@@ -30,8 +30,6 @@ type Target struct {
 	// (for per-model cooldowns), removed before the request goes upstream. Empty:
 	// none is read.
 	ModelHeader string
-	// FailsOver reports whether an upstream status marks the key and retries.
-	FailsOver func(status int) bool
 }
 
 // Headers names the headers and metadata the server and the Envoy configuration

@@ -34,8 +34,7 @@ func swapTargets(t testing.TB, gen string, pools ...string) map[string]*extproc.
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[name] = &extproc.Target{Pool: pool, Provider: providers.OpenAI{},
-			FailsOver: func(s int) bool { _, ok := providers.FailureReason(s); return ok }}
+		out[name] = &extproc.Target{Pool: pool, Provider: providers.OpenAI{}}
 	}
 	return out
 }
@@ -101,8 +100,8 @@ func (st *swapStream) request(id string) (auth string, immediate int, err error)
 
 // respond sends the response headers with status and reports whether the answer
 // carries the retry marker.
-func (st *swapStream) respond(status int) (bool, error) {
-	if err := st.s.Send(extprocfixture.ResponseHeaders(status)); err != nil {
+func (st *swapStream) respond(status int, extra ...string) (bool, error) {
+	if err := st.s.Send(extprocfixture.ResponseHeaders(status, extra...)); err != nil {
 		return false, err
 	}
 	resp, err := st.s.Recv()
@@ -148,7 +147,7 @@ func TestSetTargetsStreamsInFlightFinishOnTheirTargets(t *testing.T) {
 	// The attempts in flight finish on generation a, even the one whose pool is gone:
 	// their 429 is judged by generation a's pool and asks for a retry.
 	for i, st := range inFlight {
-		marked, err := st.respond(429)
+		marked, err := st.respond(429, "retry-after", "30")
 		if err != nil || !marked {
 			t.Fatalf("in-flight attempt %d after the swap: marker %v, %v; want the retry marker", i, marked, err)
 		}

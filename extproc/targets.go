@@ -25,7 +25,11 @@ type target struct {
 	names requestNames
 	// keys holds what is per key, by key ref.
 	keys map[string]*keyTarget
-	byok prometheus.Counter
+
+	byok     prometheus.Counter
+	depleted prometheus.Counter
+	attempts prometheus.Observer
+	duration prometheus.Observer
 }
 
 // keyTarget is what the hot path needs of one key, built once.
@@ -42,14 +46,18 @@ type keyTarget struct {
 func (s *Server) compile(targets map[string]*Target) (*targetSet, error) {
 	set := &targetSet{byName: make(map[string]*target, len(targets))}
 	for name, t := range targets {
-		if t == nil || t.Pool == nil || t.Provider == nil || t.FailsOver == nil {
+		if t == nil || t.Pool == nil || t.Provider == nil {
 			return nil, fmt.Errorf("extproc: target %q is incomplete", name)
 		}
 		if t.ModelHeader != strings.ToLower(t.ModelHeader) {
 			return nil, fmt.Errorf("extproc: target %q: model header %q must be lower case (Envoy sends header names in lower case)", name, t.ModelHeader)
 		}
 		ct := &target{Target: t, name: name, keys: map[string]*keyTarget{},
-			byok: s.metrics.byok.WithLabelValues(name)}
+			byok:     s.metrics.byok.WithLabelValues(name),
+			depleted: s.metrics.depleted.WithLabelValues(name),
+			attempts: s.metrics.attempts.WithLabelValues(name),
+			duration: s.metrics.duration.WithLabelValues(name),
+		}
 		ct.names = requestNames{requestID: s.headers.RequestID, attempt: s.headers.AttemptCount, model: t.ModelHeader}
 		copy(ct.names.credentials[:], providers.CredentialHeaders())
 		for _, st := range t.Pool.Status() {
