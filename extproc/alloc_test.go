@@ -48,7 +48,9 @@ func TestHotPathAllocations(t *testing.T) {
 	}{
 		{"request headers of a healthy first attempt", allocFirstAttemptLimit,
 			func() *extprocv3.ProcessingResponse { return s.newAttempt(ctx).handle(ctx, req) },
-			func(r *extprocv3.ProcessingResponse) bool { return r.GetRequestHeaders().GetResponse().GetHeaderMutation() != nil }},
+			func(r *extprocv3.ProcessingResponse) bool {
+				return r.GetRequestHeaders().GetResponse().GetHeaderMutation() != nil
+			}},
 		{"response headers of a healthy 200", allocHealthyAnswerLimit,
 			func() func() *extprocv3.ProcessingResponse {
 				// The attempt is made outside the measured function: a fresh one per

@@ -122,8 +122,7 @@ func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {
 		b.Fatal(err)
 	}
 	srv, err := extproc.NewServer(extproc.Options{
-		Targets: map[string]*extproc.Target{"openai": {Pool: pool, Provider: providers.OpenAI{},
-		}},
+		Targets: map[string]*extproc.Target{"openai": {Pool: pool, Provider: providers.OpenAI{}}},
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
 		Logger:  slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo),

@@ -25,8 +25,7 @@ func fuzzServer(t testing.TB) *Server {
 			t.Fatal(err)
 		}
 		prov, _ := providers.New(name)
-		targets[name] = &Target{Pool: pool, Provider: prov, AllowBYOK: name == "anthropic", ModelHeader: "x-keypool-model",
-		}
+		targets[name] = &Target{Pool: pool, Provider: prov, AllowBYOK: name == "anthropic", ModelHeader: "x-keypool-model"}
 	}
 	s, err := NewServer(Options{Targets: targets, Headers: Headers{
 		PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
