@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/envoy-keypool/envoy-keypool/extproc"
 	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/internal/syncbuf"
@@ -33,9 +35,12 @@ import (
 
 // Obviously fake key values; every test output is searched for them.
 var testKeyValues = map[string][]string{
-	"openai":    {"test-openai-key-AAAAAAAAAAAAAAAA", "test-openai-key-BBBBBBBBBBBBBBBB"},
-	"anthropic": {"test-anthropic-key-CCCCCCCCCCCCC", "test-anthropic-key-DDDDDDDDDDDDD"},
-	"byok":      {"test-byok-pool-key-EEEEEEEEEEEEEE"},
+	"openai":      {"test-openai-key-AAAAAAAAAAAAAAAA", "test-openai-key-BBBBBBBBBBBBBBBB"},
+	"anthropic":   {"test-anthropic-key-CCCCCCCCCCCCC", "test-anthropic-key-DDDDDDDDDDDDD"},
+	"byok":        {"test-byok-pool-key-EEEEEEEEEEEEEE", "test-byok-pool-key-GGGGGGGGGGGGGG"},
+	"gemini":      {"test-gemini-key-HHHHHHHHHHHHHHHH", "test-gemini-key-IIIIIIIIIIIIIIII"},
+	"gemini-byok": {"test-gemini-byok-JJJJJJJJJJJJJJJ"},
+	"modelheader": {"test-modelhdr-key-KKKKKKKKKKKKKK", "test-modelhdr-key-LLLLLLLLLLLLLL"},
 }
 
 const clientKey = "client-own-key-FFFFFFFFFFFFFFFF"
@@ -46,6 +51,7 @@ type harness struct {
 	t      *testing.T
 	clock  *fakeclock.Clock
 	srv    *extproc.Server
+	reg    *prometheus.Registry
 	client extprocv3.ExternalProcessorClient
 	logs   *syncbuf.Buffer
 
@@ -62,10 +68,14 @@ func newHarness(t *testing.T) *harness {
 	for _, spec := range []struct {
 		pool, provider string
 		byok           bool
+		modelHeader    string
 	}{
-		{"openai", "openai", false},
-		{"anthropic", "anthropic", false},
-		{"byok", "openai", true},
+		{"openai", "openai", false, ""},
+		{"anthropic", "anthropic", false, ""},
+		{"byok", "openai", true, ""},
+		{"gemini", "gemini", false, ""},
+		{"gemini-byok", "gemini", true, ""},
+		{"modelheader", "openai", false, "x-ai-eg-model"},
 	} {
 		var keys []keypool.Key
 		for i, v := range testKeyValues[spec.pool] {
@@ -79,15 +89,16 @@ func newHarness(t *testing.T) *harness {
 		if err != nil {
 			t.Fatal(err)
 		}
-		targets[spec.pool] = &extproc.Target{Pool: pool, Provider: prov, AllowBYOK: spec.byok}
+		targets[spec.pool] = &extproc.Target{Pool: pool, Provider: prov, AllowBYOK: spec.byok, ModelHeader: spec.modelHeader}
 	}
 	logs := &syncbuf.Buffer{}
+	reg := prometheus.NewRegistry()
 	srv, err := extproc.NewServer(extproc.Options{
 		Targets: targets,
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
 		Logger:  slog.Make(slogjson.Sink(logs)).Leveled(slog.LevelDebug),
-		Metrics: extproc.NewMetrics(nil),
+		Metrics: extproc.NewMetrics(reg),
 		Clock:   clock,
 	})
 	if err != nil {
@@ -103,7 +114,7 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, clock: clock, srv: srv, client: extprocv3.NewExternalProcessorClient(conn), logs: logs}
+	h := &harness{t: t, clock: clock, srv: srv, reg: reg, client: extprocv3.NewExternalProcessorClient(conn), logs: logs}
 	t.Cleanup(func() {
 		conn.Close()
 		gs.Stop()
