@@ -16,6 +16,7 @@ import (
 	"cdr.dev/slog/v3/sloggers/slogjson"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -23,8 +24,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/envoy-keypool/envoy-keypool/extproc"
 	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
