@@ -33,38 +33,51 @@ import (
 //
 //   - passthrough: the baseline, a server that answers every message with an empty
 //     answer of its kind. Its cost is the cost of any ext_proc hop.
-//   - keypool/first: envoy-keypool with in-memory state, a first attempt and a
-//     healthy key (the hot path), answered 200.
-//   - keypool/failover: the attempt is answered 429, so the server marks the key and
-//     adds the retry marker (one info log line, as in production).
+//   - keypool/healthy: envoy-keypool with in-memory state, a first attempt and a
+//     healthy key (the hot path), answered 200 with OpenAI's rate-limit headers,
+//     which headroom steering reads.
+//   - keypool/healthy-without-headroom: the same, with a provider that ignores the
+//     rate-limit headers: healthy/healthy-without-headroom is headroom's cost.
+//   - keypool/failover: the attempt is answered 429 with a Retry-After, so the server
+//     cools the key and adds the retry marker (one info log line, as in production).
 //
 // Read keypool/*/passthrough as the share of the hop that envoy-keypool adds.
 func BenchmarkProcessStream(b *testing.B) {
+	healthy := extprocfixture.ResponseHeaders(200, extprocfixture.OpenAIHeadroom()...)
 	tests := []struct {
 		name   string
-		status int
+		resp   *extprocv3.ProcessingRequest
 		server func(*fakeclock.Clock) extprocv3.ExternalProcessorServer
 		// wantMarker: the answer to the response headers asks Envoy to retry.
 		wantMarker bool
 	}{
-		{name: "passthrough", status: 200, server: func(*fakeclock.Clock) extprocv3.ExternalProcessorServer { return extproc.PassThrough{} }},
-		{name: "keypool/first", status: 200, server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
-		{name: "keypool/failover", status: 429, wantMarker: true,
-			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
+		{name: "passthrough", resp: healthy, server: func(*fakeclock.Clock) extprocv3.ExternalProcessorServer { return extproc.PassThrough{} }},
+		{name: "keypool/healthy", resp: healthy,
+			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer {
+				return benchKeypoolServer(b, c, providers.OpenAI{})
+			}},
+		{name: "keypool/healthy-without-headroom", resp: healthy,
+			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer {
+				return benchKeypoolServer(b, c, noHeadroomProvider{providers.OpenAI{}})
+			}},
+		{name: "keypool/failover", resp: extprocfixture.ResponseHeaders(429, "retry-after", "20"), wantMarker: true,
+			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer {
+				return benchKeypoolServer(b, c, providers.OpenAI{})
+			}},
 	}
 	for _, tt := range tests {
 		b.Run(tt.name, func(b *testing.B) {
 			clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 			client := benchServe(b, tt.server(clock))
 			ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs("x-keypool-pool", "openai"))
-			resp := extprocfixture.ResponseHeaders(tt.status)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
-				// The failed key is back a minute later, so every iteration fails over
-				// from the same first key instead of walking the pool to exhaustion.
-				clock.Advance(time.Minute)
-				marker, err := benchAttempt(ctx, client, extprocfixture.RequestHeaders(extprocfixture.Names{}, "bench-"+strconv.Itoa(i), 1), resp)
+				// The failed key's state is over (cooldown and probe window) a few
+				// hours later, so every iteration fails over from the same first key
+				// instead of walking the pool to exhaustion.
+				clock.Advance(3 * time.Hour)
+				marker, err := benchAttempt(ctx, client, extprocfixture.RequestHeaders(extprocfixture.Names{}, "bench-"+strconv.Itoa(i), 1), tt.resp)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -74,6 +87,13 @@ func BenchmarkProcessStream(b *testing.B) {
 			}
 		})
 	}
+}
+
+// noHeadroomProvider reads no headroom: the baseline of headroom's cost.
+type noHeadroomProvider struct{ providers.Provider }
+
+func (noHeadroomProvider) Headroom(providers.Headers, time.Time) keypool.Headroom {
+	return keypool.Headroom{}
 }
 
 // benchAttempt plays one attempt and reports whether the answer to the response
@@ -110,7 +130,7 @@ func benchAttempt(ctx context.Context, client extprocv3.ExternalProcessorClient,
 
 // benchKeypoolServer is envoy-keypool as `serve` wires it with in-memory state: a
 // pool of 4 keys, JSON logs at info level (written nowhere), unregistered metrics.
-func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {
+func benchKeypoolServer(b *testing.B, clock keypool.Clock, prov providers.Provider) *extproc.Server {
 	b.Helper()
 	keys := make([]keypool.Key, 4)
 	for i := range keys {
@@ -122,11 +142,13 @@ func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {
 		b.Fatal(err)
 	}
 	srv, err := extproc.NewServer(extproc.Options{
-		Targets: map[string]*extproc.Target{"openai": {Pool: pool, Provider: providers.OpenAI{}}},
+		Targets: map[string]*extproc.Target{"openai": {Pool: pool, Provider: prov}},
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
-		Logger:  slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo),
-		Metrics: extproc.NewMetrics(nil),
+		Logger:   slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo),
+		LogLevel: slog.LevelInfo,
+		Metrics:  extproc.NewMetrics(nil),
+		Clock:    clock,
 	})
 	if err != nil {
 		b.Fatal(err)
