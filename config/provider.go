@@ -11,12 +11,12 @@ import (
 // ProviderSettings are the settings of a pool that only some providers read. They sit
 // in the pool's own block:
 //
-//	- name: azure
-//	  provider: azure-openai
-//	  azure: {resource: contoso}          # upstream https://contoso.openai.azure.com
-//	- name: groq
-//	  provider: openai-compatible
-//	  openai_compatible: {preset: groq}   # upstream https://api.groq.com, Groq's headers
+//   - name: azure
+//     provider: azure-openai
+//     azure: {resource: contoso}          # upstream https://contoso.openai.azure.com
+//   - name: groq
+//     provider: openai-compatible
+//     openai_compatible: {preset: groq}   # upstream https://api.groq.com, Groq's headers
 type ProviderSettings struct {
 	// Azure configures an azure-openai pool. Default none.
 	Azure *AzureSettings `yaml:"azure"`
