@@ -188,11 +188,8 @@ func (Gemini) Model(path string) string {
 	return model
 }
 
-// StripPathCredential implements Provider: every key= parameter of the query string
-// goes, the other parameters stay as they were written.
-func (Gemini) StripPathCredential(path string) (string, bool) {
-	return removeQueryParam(path, "key")
-}
+// StripPathCredential implements Provider: see stripKeyParam.
+func (Gemini) StripPathCredential(path string) (string, bool) { return stripKeyParam(path) }
 
 // ErrorResponse implements Provider, in Google's error format: the HTTP status as
 // code, the canonical status name, and for a 429 a RetryInfo detail with the wait,

@@ -56,8 +56,8 @@ func (OpenAI) Headroom(h Headers, now time.Time) keypool.Headroom {
 // Model implements Provider: OpenAI names the model in the body only.
 func (OpenAI) Model(string) string { return "" }
 
-// StripPathCredential implements Provider: OpenAI reads no credential from the path.
-func (OpenAI) StripPathCredential(path string) (string, bool) { return path, false }
+// StripPathCredential implements Provider: see stripKeyParam.
+func (OpenAI) StripPathCredential(path string) (string, bool) { return stripKeyParam(path) }
 
 // ErrorResponse implements Provider. The type and code follow OpenAI's own errors
 // where one fits (429 rate_limit_exceeded), so SDKs and clients that branch on them
