@@ -110,8 +110,8 @@ func (Anthropic) Headroom(h Headers, now time.Time) keypool.Headroom {
 // Model implements Provider: Anthropic names the model in the body only.
 func (Anthropic) Model(string) string { return "" }
 
-// StripPathCredential implements Provider: Anthropic reads no credential from the path.
-func (Anthropic) StripPathCredential(path string) (string, bool) { return path, false }
+// StripPathCredential implements Provider: see stripKeyParam.
+func (Anthropic) StripPathCredential(path string) (string, bool) { return stripKeyParam(path) }
 
 // ErrorResponse implements Provider, with Anthropic's error types.
 func (Anthropic) ErrorResponse(e ErrorInfo) Response {

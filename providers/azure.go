@@ -114,8 +114,8 @@ func (AzureOpenAI) Model(path string) string {
 	return name
 }
 
-// StripPathCredential implements Provider: Azure reads no credential from the path.
-func (AzureOpenAI) StripPathCredential(path string) (string, bool) { return path, false }
+// StripPathCredential implements Provider: see stripKeyParam.
+func (AzureOpenAI) StripPathCredential(path string) (string, bool) { return stripKeyParam(path) }
 
 // ErrorResponse implements Provider: OpenAI's shape (openai-go configured for Azure
 // reads it as its typed error), with Azure's code "429" and its "Please retry after N

@@ -212,8 +212,8 @@ func tightestOf(h Headers, now time.Time, limits []limit) keypool.Remaining {
 // Model implements Provider: the family names the model in the body.
 func (Compatible) Model(string) string { return "" }
 
-// StripPathCredential implements Provider: no credential in the path.
-func (Compatible) StripPathCredential(path string) (string, bool) { return path, false }
+// StripPathCredential implements Provider: see stripKeyParam.
+func (Compatible) StripPathCredential(path string) (string, bool) { return stripKeyParam(path) }
 
 // ErrorResponse implements Provider, in OpenAI's format.
 func (Compatible) ErrorResponse(e ErrorInfo) Response { return openAIErrorResponse(e) }

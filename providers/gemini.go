@@ -98,6 +98,16 @@ func (e geminiError) retryDelay() keypool.Hint {
 	return keypool.Hint{}
 }
 
+// hasViolations reports whether the error carries a QuotaFailure violation.
+func (e geminiError) hasViolations() bool {
+	for _, d := range e.Details {
+		if len(d.Violations) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // perDay reports whether a QuotaFailure violation is of a daily quota.
 func (e geminiError) perDay() bool {
 	for _, d := range e.Details {
@@ -129,7 +139,10 @@ func (Gemini) Classify(status int, h Headers, body []byte, now time.Time) (keypo
 		return failure(keypool.ClassUnauthorized, status, keypool.Hint{})
 	case status == 429 && e.perDay():
 		return failure(keypool.ClassRateLimited, status, firstKnown(retry, untilPacificMidnight(now)))
-	case status == 429 && (e.Status == "RESOURCE_EXHAUSTED" || len(e.Details) > 0):
+	case status == 429 && (e.hasViolations() || e.retryDelay().Known):
+		// A quota of the key's project, named and timed: without them a
+		// RESOURCE_EXHAUSTED may be shared capacity, which the header class leaves
+		// unconfirmed.
 		return failure(keypool.ClassRateLimited, status, firstKnown(retry, e.retryDelay()))
 	}
 	class, ok := headerClass(status, retry.Known)
@@ -175,11 +188,8 @@ func (Gemini) Model(path string) string {
 	return model
 }
 
-// StripPathCredential implements Provider: every key= parameter of the query string
-// goes, the other parameters stay as they were written.
-func (Gemini) StripPathCredential(path string) (string, bool) {
-	return removeQueryParam(path, "key")
-}
+// StripPathCredential implements Provider: see stripKeyParam.
+func (Gemini) StripPathCredential(path string) (string, bool) { return stripKeyParam(path) }
 
 // ErrorResponse implements Provider, in Google's error format: the HTTP status as
 // code, the canonical status name, and for a 429 a RetryInfo detail with the wait,

@@ -109,8 +109,8 @@ func readRemaining(h Headers, now time.Time, l limit) keypool.Remaining {
 	if v == "" {
 		return keypool.Remaining{}
 	}
-	left, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
+	left, ok := parseCount(v)
+	if !ok {
 		// A few APIs write counts as floats ("99.0"); anything else says nothing.
 		f, ferr := strconv.ParseFloat(v, 64)
 		if ferr != nil || math.IsNaN(f) || f < 0 || f > math.MaxInt64/2 {
@@ -118,14 +118,28 @@ func readRemaining(h Headers, now time.Time, l limit) keypool.Remaining {
 		}
 		left = int64(f)
 	}
-	if left < 0 {
-		return keypool.Remaining{}
-	}
 	r := keypool.Remaining{Left: left, Known: true}
 	if d, ok := parseReset(h.Get(l.reset), now, l.format); ok {
 		r.Reset = d
 	}
 	return r
+}
+
+// parseCount reads a non-negative decimal integer without strconv, whose errors
+// allocate (a float count is then read by the caller's fallback).
+func parseCount(v string) (int64, bool) {
+	if v == "" || len(v) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }
 
 // tightest returns the limit with the least left among the known ones: the one that
@@ -159,15 +173,33 @@ func parseReset(v string, now time.Time, f resetFormat) (time.Duration, bool) {
 			return 0, false
 		}
 		return untilTime(time.UnixMilli(ms), now), true
-	default: // resetDuration, resetSeconds: either form
-		if d, err := time.ParseDuration(v); err == nil {
-			if d < 0 {
-				return 0, false
-			}
-			return min(d, maxHint), true
+	case resetSeconds: // seconds, or a Go-style duration
+		if d, ok := parseSeconds(v); ok || !hasUnit(v) {
+			return d, ok
+		}
+		return parseGoDuration(v)
+	default: // resetDuration: a Go-style duration, or seconds
+		if hasUnit(v) {
+			return parseGoDuration(v)
 		}
 		return parseSeconds(v)
 	}
+}
+
+// hasUnit reports whether v ends in a letter, as a Go duration does ("6m0s"), unlike
+// a number of seconds: the parser that fits is tried first, since a failed strconv or
+// time parse allocates its error.
+func hasUnit(v string) bool {
+	c := v[len(v)-1]
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
+
+func parseGoDuration(v string) (time.Duration, bool) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, false
+	}
+	return min(d, maxHint), true
 }
 
 // parseSeconds reads a non-negative, possibly fractional, number of seconds.

@@ -56,8 +56,8 @@ func (OpenAI) Headroom(h Headers, now time.Time) keypool.Headroom {
 // Model implements Provider: OpenAI names the model in the body only.
 func (OpenAI) Model(string) string { return "" }
 
-// StripPathCredential implements Provider: OpenAI reads no credential from the path.
-func (OpenAI) StripPathCredential(path string) (string, bool) { return path, false }
+// StripPathCredential implements Provider: see stripKeyParam.
+func (OpenAI) StripPathCredential(path string) (string, bool) { return stripKeyParam(path) }
 
 // ErrorResponse implements Provider. The type and code follow OpenAI's own errors
 // where one fits (429 rate_limit_exceeded), so SDKs and clients that branch on them
@@ -96,6 +96,32 @@ type openAIError struct {
 	Message string      `json:"message"`
 	Type    looseString `json:"type"`
 	Code    looseString `json:"code"`
+	// Metadata.Headers are the rate-limit headers OpenRouter puts in its 429 body
+	// (X-RateLimit-Remaining, X-RateLimit-Reset in Unix milliseconds).
+	Metadata struct {
+		Headers map[string]looseString `json:"headers"`
+	} `json:"metadata"`
+}
+
+// metadataReset is the wait until the X-RateLimit-Reset of OpenRouter's body metadata,
+// when its X-RateLimit-Remaining says the limit is spent.
+func (e openAIError) metadataReset(now time.Time) keypool.Hint {
+	var remaining, reset string
+	for name, v := range e.Metadata.Headers {
+		switch strings.ToLower(name) {
+		case "x-ratelimit-remaining":
+			remaining = string(v)
+		case "x-ratelimit-reset":
+			reset = string(v)
+		}
+	}
+	if !isZero(remaining) {
+		return keypool.Hint{}
+	}
+	if d, ok := parseReset(reset, now, resetUnixMillis); ok {
+		return keypool.Hint{After: d, Known: true}
+	}
+	return keypool.Hint{}
 }
 
 // decodeOpenAIError reads {"error":{…}}; false when the body is not of that shape.
@@ -134,7 +160,7 @@ func classifyOpenAIFormat(status int, h Headers, body []byte, now time.Time, lim
 			return failure(keypool.ClassRequestTooLarge, status, keypool.Hint{})
 		case status == 429 && (e.is("rate_limit_exceeded") || containsFold(e.Message, "rate limit")):
 			class, ok = keypool.ClassRateLimited, true
-			bodyHint = tryAgainIn(e.Message)
+			bodyHint = firstKnown(tryAgainIn(e.Message), e.metadataReset(now))
 		case e.is("invalid_api_key"), e.is("account_deactivated"):
 			class, ok = keypool.ClassUnauthorized, true
 		}

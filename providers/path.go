@@ -5,6 +5,13 @@ import (
 	"strings"
 )
 
+// stripKeyParam removes every key= parameter from a request path's query string, the
+// other parameters kept as they were written. It is Gemini's credential, and every
+// provider strips it, as every provider strips all CredentialHeaders: a client
+// credential never goes upstream on a pooled route, whichever API the client thought
+// it was calling. No LLM API of this package reads a parameter called key otherwise.
+func stripKeyParam(path string) (string, bool) { return removeQueryParam(path, "key") }
+
 // queryKey returns the first non-empty value of the key= parameter of a request
 // path's query string, decoded; "" when there is none.
 func queryKey(path string) string {

@@ -59,7 +59,9 @@ type Provider interface {
 	// Azure deployments/{name}/…); "" when it names none (the model is in the body).
 	Model(path string) string
 	// StripPathCredential returns path without a client credential in its query string
-	// (Gemini ?key=), and whether it removed one. It never returns an empty path.
+	// (Gemini's ?key=, removed by every provider, as CredentialHeaders are), and
+	// whether it removed one. It never returns an empty path, and allocates only when
+	// it removes something.
 	StripPathCredential(path string) (string, bool)
 	// ErrorResponse is an error answer with the given status and message, shaped as
 	// the provider's own errors, with the retry-after (zero: none) and request id.

@@ -35,60 +35,6 @@ func TestNew(t *testing.T) {
 	}
 }
 
-func TestAuthHeader(t *testing.T) {
-	tests := []struct {
-		provider providers.Provider
-		want     providers.Header
-	}{
-		{providers.OpenAI{}, providers.Header{Name: "authorization", Value: "Bearer test-key"}},
-		{providers.Anthropic{}, providers.Header{Name: "x-api-key", Value: "test-key"}},
-	}
-	for _, tt := range tests {
-		if got := tt.provider.AuthHeader("test-key"); got != tt.want {
-			t.Errorf("%s: AuthHeader = %+v, want %+v", tt.provider.Name(), got, tt.want)
-		}
-		if !containsName(providers.CredentialHeaders(), tt.want.Name) {
-			t.Errorf("%s: auth header %q is not in CredentialHeaders, so a client's could leak", tt.provider.Name(), tt.want.Name)
-		}
-	}
-}
-
-func containsName(names []string, n string) bool {
-	for _, x := range names {
-		if x == n {
-			return true
-		}
-	}
-	return false
-}
-
-func TestClientCredential(t *testing.T) {
-	tests := []struct {
-		name     string
-		provider providers.Provider
-		headers  headerMap
-		want     string
-	}{
-		{"openai bearer", providers.OpenAI{}, headerMap{"authorization": "Bearer client-key"}, "client-key"},
-		{"openai lower-case scheme", providers.OpenAI{}, headerMap{"authorization": "bearer client-key"}, "client-key"},
-		{"openai empty bearer", providers.OpenAI{}, headerMap{"authorization": "Bearer "}, ""},
-		{"openai basic auth is not a key", providers.OpenAI{}, headerMap{"authorization": "Basic Zm9vOmJhcg=="}, ""},
-		{"openai none", providers.OpenAI{}, headerMap{}, ""},
-		{"openai ignores x-api-key", providers.OpenAI{}, headerMap{"x-api-key": "client-key"}, ""},
-		{"anthropic x-api-key", providers.Anthropic{}, headerMap{"x-api-key": "client-key"}, "client-key"},
-		{"anthropic bearer", providers.Anthropic{}, headerMap{"authorization": "Bearer client-key"}, "client-key"},
-		{"anthropic prefers x-api-key", providers.Anthropic{}, headerMap{"x-api-key": "a", "authorization": "Bearer b"}, "a"},
-		{"anthropic none", providers.Anthropic{}, headerMap{"anthropic-version": "2023-06-01"}, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.provider.ClientCredential(tt.headers); got != tt.want {
-				t.Errorf("ClientCredential = %q, want %q", got, tt.want)
-			}
-		})
-	}
-}
-
 func TestFailureReason(t *testing.T) {
 	tests := []struct {
 		status int
@@ -214,7 +160,7 @@ func checkRetryAfter(t *testing.T, resp *http.Response, status int) {
 
 func TestErrorBodiesEscapeMessages(t *testing.T) {
 	msg := `pool "a\"b" </script> ` + "\n\x00"
-	for _, p := range []providers.Provider{providers.OpenAI{}, providers.Anthropic{}} {
+	for _, p := range allProviders(t) {
 		resp := p.ErrorResponse(providers.ErrorInfo{Status: 500, Kind: providers.ErrorMisconfigured, Message: msg})
 		var body struct {
 			Error struct {
