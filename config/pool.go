@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"github.com/envoy-keypool/envoy-keypool/keypool"
-	"github.com/envoy-keypool/envoy-keypool/providers"
 )
 
 // Pool is one pool of keys for one provider.
