@@ -58,6 +58,16 @@ func (a *attempt) handle(ctx context.Context, req *extprocv3.ProcessingRequest) 
 // whose outcome the pool never heard (Envoy gave up, the upstream reset, the body
 // asked for never came) releases what it holds, such as a probe.
 func (a *attempt) end(ctx context.Context) {
+	if p := a.pending; p != nil {
+		// Envoy never sent the body it was asked for (its filter does not allow the
+		// mode override, or the body passed its buffer limit and it answered 500
+		// itself): too late to fail over, but the key's failure is still recorded,
+		// as its headers classify it.
+		a.pending = nil
+		a.server.metrics.bodies.WithLabelValues(a.poolName, "never_sent").Inc()
+		a.judge(context.WithoutCancel(ctx), p.status, p.headers, nil)
+		return
+	}
 	if a.pick.ID() != "" && !a.judged {
 		a.judged = true
 		if a.pick.Probing() {
@@ -169,7 +179,7 @@ func (a *attempt) onResponseHeaders(ctx context.Context, msg *extprocv3.HttpHead
 	}
 	t := a.target
 	a.keyT.last.record(code, s.now())
-	if t.Provider.WantsBody(code, h) {
+	if s.bodies && t.Provider.WantsBody(code, h) {
 		d := bodyAvailability(msg, h)
 		s.metrics.bodies.WithLabelValues(a.poolName, string(d)).Inc()
 		if d == bodyRequested {

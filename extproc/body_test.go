@@ -1,12 +1,16 @@
 package extproc_test
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+
+	"github.com/envoy-keypool/envoy-keypool/extproc"
 )
 
 // Sample error bodies, as OpenAI documents them.
@@ -139,5 +143,50 @@ func TestBodyNobodyAskedForChangesNothing(t *testing.T) {
 	s2 := h.open("openai")
 	if set, _ := injected(t, s2.requestHeaders("x-request-id", "r2", "x-envoy-attempt-count", "1")); !strings.HasSuffix(set["authorization"], testKeyValues["openai"][0]) {
 		t.Fatal("an unrequested quota body cooled the key")
+	}
+}
+
+func TestBodyIsNeverAskedForWhenEnvoyIsNotToldToAllowIt(t *testing.T) {
+	h := newHarnessWith(t, func(o *extproc.Options) { o.ClassifyBodies = false })
+	s := h.open("openai")
+	injected(t, s.requestHeaders("x-request-id", "r", "x-envoy-attempt-count", "1"))
+	resp := s.responseHeadersMsg(false, ":status", "429", "content-length", "180", "retry-after", "5")
+	if asksForBody(t, resp) {
+		t.Fatal("asked for the body with body classification off")
+	}
+	if v, _ := marker(t, resp); v != "rate_limited" {
+		t.Fatalf("marker %q, want the header-only class rate_limited", v)
+	}
+}
+
+func TestBodyThatNeverComesStillRecordsTheFailure(t *testing.T) {
+	h := newHarness(t)
+	s := h.open("openai")
+	injected(t, s.requestHeaders("x-request-id", "r", "x-envoy-attempt-count", "1"))
+	if !asksForBody(t, s.responseHeadersMsg(false, ":status", "429", "content-length", "180", "retry-after", "20")) {
+		t.Fatal("the body was not asked for")
+	}
+	// Envoy goes on without sending it (its filter ignores mode_override, or the
+	// body passed its buffer limit) and ends the stream.
+	if err := s.s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.s.Recv(); err == nil {
+		t.Fatal("the stream did not end")
+	}
+	waitUntil(t, "key 0 to cool from the headers of the answer whose body never came", func() bool {
+		return h.next("openai", attemptOpts{id: fmt.Sprintf("n-%d", time.Now().UnixNano()), number: 1}) == 1
+	})
+}
+
+// waitUntil polls cond until it holds, failing the test after a few seconds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

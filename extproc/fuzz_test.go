@@ -27,7 +27,7 @@ func fuzzServer(t testing.TB) *Server {
 		prov, _ := providers.New(name)
 		targets[name] = &Target{Pool: pool, Provider: prov, AllowBYOK: name == "anthropic", ModelHeader: "x-keypool-model"}
 	}
-	s, err := NewServer(Options{Targets: targets, Headers: Headers{
+	s, err := NewServer(Options{Targets: targets, ClassifyBodies: true, Headers: Headers{
 		PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 		AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry",
 	}})

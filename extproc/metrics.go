@@ -45,7 +45,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind"}),
 		bodies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "envoy_keypool_error_bodies_total",
-			Help: "Failure answers whose class the error body could refine, by what happened: requested (Envoy asked to buffer it), classified (the body was read), too_large or unknown_size (decided from the headers: asking would risk Envoy's buffer limit), no_body.",
+			Help: "Failure answers whose class the error body could refine, by what happened: requested (Envoy was asked to buffer it), classified (the body was read), never_sent (Envoy did not send it: decided from the headers after the answer went on), too_large or unknown_size (decided from the headers: asking would risk Envoy's buffer limit), no_body.",
 		}, []string{"pool", "result"}),
 		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "envoy_keypool_probes_total",

@@ -63,6 +63,12 @@ type Options struct {
 	// Clock tells the time of durations and of the last status seen per key.
 	// Default: the system clock.
 	Clock keypool.Clock
+	// ClassifyBodies lets the server ask Envoy for the error body of a failure answer
+	// whose class the body can refine (body.go). Envoy's ext_proc filter must allow
+	// it (allow_mode_override: true, as the generated configuration does): without
+	// it Envoy ignores the request and the failure could not fail over. Default
+	// false: every answer is classified from its headers.
+	ClassifyBodies bool
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
@@ -74,6 +80,7 @@ type Server struct {
 	logLevel slog.Level
 	metrics  *Metrics
 	clock    keypool.Clock
+	bodies   bool // Options.ClassifyBodies
 
 	markers map[keypool.Class]*corev3.HeaderValueOption // the retry marker, per class; shared, never modified
 
@@ -91,7 +98,7 @@ func NewServer(opts Options) (*Server, error) {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	s := &Server{headers: h, log: opts.Logger, logLevel: opts.LogLevel, metrics: m, clock: opts.Clock,
+	s := &Server{headers: h, log: opts.Logger, logLevel: opts.LogLevel, metrics: m, clock: opts.Clock, bodies: opts.ClassifyBodies,
 		markers: map[keypool.Class]*corev3.HeaderValueOption{}}
 	for _, c := range keypool.Classes() {
 		s.markers[c] = setHeader(h.RetryMarker, string(c))

@@ -60,6 +60,13 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessWith(t, func(*extproc.Options) {})
+}
+
+// newHarnessWith is newHarness with options changed by edit (error bodies are
+// classified unless it says otherwise).
+func newHarnessWith(t *testing.T, edit func(*extproc.Options)) *harness {
+	t.Helper()
 	clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	// Tried sets outlive the fake clock's jumps between a request's attempts.
 	state := keypool.NewMemoryState(clock, time.Hour)
@@ -92,14 +99,17 @@ func newHarness(t *testing.T) *harness {
 	}
 	logs := &syncbuf.Buffer{}
 	reg := prometheus.NewRegistry()
-	srv, err := extproc.NewServer(extproc.Options{
+	opts := extproc.Options{
 		Targets: targets,
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
-		Logger:  slog.Make(slogjson.Sink(logs)).Leveled(slog.LevelDebug),
-		Metrics: extproc.NewMetrics(reg),
-		Clock:   clock,
-	})
+		Logger:         slog.Make(slogjson.Sink(logs)).Leveled(slog.LevelDebug),
+		Metrics:        extproc.NewMetrics(reg),
+		Clock:          clock,
+		ClassifyBodies: true,
+	}
+	edit(&opts)
+	srv, err := extproc.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
