@@ -70,6 +70,7 @@ type keyState struct {
 	probe     uint8     // probe flags
 	returns   time.Time // when a key that is no candidate may serve again
 	reason    Reason
+	probed    bool // another request probes it: it returns when the probe says so
 }
 
 // classify is the standing an entry gives its scope at t, and the earliest time
@@ -83,7 +84,7 @@ func classify(e Entry, ok bool, probeFlag uint8, t time.Time) (keyState, time.Ti
 		return keyState{returns: e.Until, reason: e.Reason}, e.Until
 	case PhaseProbing:
 		if e.ProbeHeldAt(t) {
-			return keyState{returns: e.ProbeUntil, reason: e.Reason}, e.ProbeUntil
+			return keyState{returns: e.ProbeUntil, reason: e.Reason, probed: true}, e.ProbeUntil
 		}
 		return keyState{candidate: true, probe: probeFlag}, e.Retires()
 	}
@@ -165,12 +166,13 @@ func (p *Pool) newSelector(states []keyState) *selector {
 			s.exhaustion.candidates++
 			continue
 		}
-		if st.reason == ReasonDisabled {
+		switch {
+		case st.reason == ReasonDisabled && !st.probed:
+			// An operator's: not coming back by itself any time soon.
 			continue
-		}
-		if st.reason.authFailure() {
+		case st.reason.authFailure():
 			s.exhaustion.authFailed = true
-		} else {
+		default:
 			s.exhaustion.soonRetry = true
 		}
 		s.exhaustion.soonest = earliest(s.exhaustion.soonest, st.returns)

@@ -82,6 +82,11 @@ func (m *MemoryState) RecordTried(_ context.Context, pool, ref, requestID string
 	return m.tried.Add(pool, requestID, ref, now(m.clock))
 }
 
+// Requests is the number of requests whose tried sets are held in memory,
+// expired ones not yet dropped included: bounded by the failed-over requests of the
+// last two tried-set TTLs that did not end.
+func (m *MemoryState) Requests() int { return m.tried.Len() }
+
 // Forget implements State.
 func (m *MemoryState) Forget(_ context.Context, pool, requestID string) {
 	m.tried.Forget(pool, requestID)
@@ -155,7 +160,9 @@ func (m *MemoryState) Corroborate(_ context.Context, pool string, c Corroboratio
 			m.sweepWindowsLocked(t)
 		}
 		w = &corroborationWindow{}
-		m.windows[wk] = w
+		if len(m.windows) < maxWindows {
+			m.windows[wk] = w
+		} // else: counted for this call only; the failure still fails over
 	}
 	w.window = c.Window
 	var who triedKey
