@@ -169,7 +169,7 @@ func TestCorroborateCoolsWhenDistinctRequestsAgree(t *testing.T) {
 		{"three distinct requests within the window", 0, []failure{f("a", 0), f("b", time.Second), f("c", time.Second)}, true, 3},
 		{"two are not enough", 0, []failure{f("a", 0), f("b", time.Second)}, false, 2},
 		{"one request three times counts once", 0, []failure{f("a", 0), f("a", 0), f("a", 0)}, false, 1},
-		{"spread over more than the window", 0, []failure{f("a", 0), f("b", 6 * time.Second), f("c", 6 * time.Second)}, false, 2},
+		{"spread over more than the window", 0, []failure{f("a", 0), f("b", 6*time.Second), f("c", 6*time.Second)}, false, 2},
 		{"each class counts on its own", 0, []failure{f("a", 0), f("b", 0), {"c", keypool.ClassRateLimitUnconfirmed, 0}}, false, 1},
 		{"a quorum of one cools at once", 1, []failure{f("a", 0)}, true, 1},
 		{"requests without an id each count", 0, []failure{f("", 0), f("", 0), f("", 0)}, true, 3},
