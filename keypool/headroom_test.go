@@ -41,16 +41,16 @@ func TestHeadroomTakesASpentKeyOut(t *testing.T) {
 				t.Fatalf("Finish = %+v, want depleted %v", fin, tt.wantOut > 0)
 			}
 			if tt.wantOut == 0 {
-				if got := h.serve(attempt("next", 1)); got != "k1" {
-					t.Errorf("next request got %s, want k1", got)
+				if pk := h.pick(attempt("next", 1)); pk.ID() != "k1" || pk.Steered() {
+					t.Errorf("next request got %s steered %v, want k1", pk.ID(), pk.Steered())
 				}
 				return
 			}
 			if got := fin.Cooldown.Until.Sub(h.clock.Now()); got != tt.wantOut || fin.Cooldown.Reason != keypool.ReasonDepleted || !fin.Changed {
 				t.Errorf("out for %s (%+v), want %s depleted", got, fin, tt.wantOut)
 			}
-			if got := h.serve(attempt("next", 1)); got != "k2" {
-				t.Errorf("next request got %s, want k2", got)
+			if pk := h.pick(attempt("next", 1)); pk.ID() != "k2" || !pk.Steered() {
+				t.Errorf("next request got %s steered %v, want k2, steered", pk.ID(), pk.Steered())
 			}
 			h.clock.Advance(tt.wantOut)
 			if got := h.serve(attempt("after-reset", 1)); got != "k1" {
@@ -101,5 +101,32 @@ func TestHealthyAnswerWritesNothing(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("Finish of a healthy answer allocates %.0f times, want 0", allocs)
+	}
+}
+
+func TestSteeredOnlyWhenADepletedKeyWasPassedOver(t *testing.T) {
+	h := newHarness(t, 3)
+	// k1 serves; k2 is out: k1's picks are not steered.
+	a := attempt("r", 1)
+	pk := h.pick(a)
+	h.pool.Finish(h.ctx, a, pk, keypool.Headroom{})
+	if _, err := h.pool.Disable(h.ctx, "k1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	b := attempt("r2", 1)
+	k2 := h.pick(b)
+	h.pool.Finish(h.ctx, b, k2, keypool.Headroom{Requests: remaining(0, time.Minute)})
+	if err := h.pool.Enable(h.ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if pk := h.pick(attempt("r3", 1)); pk.ID() != "k1" || pk.Steered() {
+		t.Errorf("with k2 depleted after k1: %s steered %v, want k1 not steered", pk.ID(), pk.Steered())
+	}
+	// A disabled key passed over is no steering either.
+	if _, err := h.pool.Disable(h.ctx, "k1", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if pk := h.pick(attempt("r4", 1)); pk.ID() != "k3" || !pk.Steered() {
+		t.Errorf("k1 disabled, k2 depleted: %s steered %v, want k3 steered (past k2)", pk.ID(), pk.Steered())
 	}
 }

@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"math"
 	"math/bits"
 	"slices"
 	"time"
@@ -35,6 +36,9 @@ type selector struct {
 	// exhaustion summarises the keys that are not candidates, for the answer when
 	// none is left.
 	exhaustion exhaustionSummary
+	// depletedTier is the first layout tier holding a key that headroom steering
+	// took out (reason depleted); math.MaxInt32 when none is.
+	depletedTier int32
 }
 
 // The flags of a key in a selector.
@@ -159,8 +163,11 @@ func (p *Pool) buildIndex(view *View, t time.Time) *index {
 }
 
 func (p *Pool) newSelector(states []keyState) *selector {
-	s := &selector{flags: make([]uint8, len(states))}
+	s := &selector{flags: make([]uint8, len(states)), depletedTier: math.MaxInt32}
 	for i, st := range states {
+		if st.reason == ReasonDepleted && !st.candidate {
+			s.depletedTier = min(s.depletedTier, p.layout.tierOf[i])
+		}
 		if st.candidate {
 			s.flags[i] = flagCandidate | st.probe
 			s.exhaustion.candidates++
