@@ -13,18 +13,17 @@ import (
 // and until validUntil, the first time at which some scope changes phase on its
 // own (a cooldown ends, a probe lease expires, a probing scope retires).
 type index struct {
-	view       *View
-	builtAt    time.Time
-	validUntil time.Time // zero: no scope changes by itself
+	view *View
+	// builtAt and validUntil in unix nanoseconds: two integer comparisons per pick.
+	builtAt    int64
+	validUntil int64 // math.MaxInt64: no scope changes by itself
 	base       *selector
 	// models holds a selector for each model with state of its own; a model
 	// without is served by base.
 	models map[string]*selector
 }
 
-func (ix *index) freshAt(t time.Time) bool {
-	return !t.Before(ix.builtAt) && (ix.validUntil.IsZero() || t.Before(ix.validUntil))
-}
+func (ix *index) freshAt(t int64) bool { return t >= ix.builtAt && t < ix.validUntil }
 
 // selector is how keys are chosen for one scope view (key-wide, or one model).
 type selector struct {
@@ -121,7 +120,8 @@ func earliest(a, b time.Time) time.Time {
 // the key-wide selector and for each model with state: paid when the view changes
 // or a scope changes phase, never by a pick that finds the index current.
 func (p *Pool) buildIndex(view *View, t time.Time) *index {
-	ix := &index{view: view, builtAt: t}
+	ix := &index{view: view, builtAt: t.UnixNano()}
+	var validUntil time.Time
 	var entries map[Scope]Entry
 	if view != nil {
 		entries = view.Entries
@@ -133,7 +133,7 @@ func (p *Pool) buildIndex(view *View, t time.Time) *index {
 		e, ok := entries[Scope{Ref: k.ref}]
 		var next time.Time
 		base[i], next = classify(e, ok, flagProbeKey, t)
-		ix.validUntil = earliest(ix.validUntil, next)
+		validUntil = earliest(validUntil, next)
 	}
 	for s, e := range entries {
 		if s.Model == "" || e.PhaseAt(t) == PhaseAvailable {
@@ -144,13 +144,17 @@ func (p *Pool) buildIndex(view *View, t time.Time) *index {
 			continue // a key this pool no longer has
 		}
 		st, next := classify(e, true, flagProbeModel, t)
-		ix.validUntil = earliest(ix.validUntil, next)
+		validUntil = earliest(validUntil, next)
 		m := byModel[s.Model]
 		if m == nil {
 			m = slices.Clone(base)
 			byModel[s.Model] = m
 		}
 		m[i] = combine(base[i], st)
+	}
+	ix.validUntil = math.MaxInt64
+	if !validUntil.IsZero() {
+		ix.validUntil = validUntil.UnixNano()
 	}
 	ix.base = p.newSelector(base)
 	if len(byModel) > 0 {

@@ -271,13 +271,14 @@ func (ix *index) selector(model string) *selector {
 // currentIndex returns the pick index for the State's current view at t,
 // rebuilding it when the view changed or a scope changed phase.
 func (p *Pool) currentIndex(t time.Time) *index {
-	if ix := p.idx.Load(); ix != nil && ix.view == p.state.View(p.name) && ix.freshAt(t) {
+	tn := t.UnixNano()
+	if ix := p.idx.Load(); ix != nil && ix.view == p.state.View(p.name) && ix.freshAt(tn) {
 		return ix
 	}
 	p.rebuildMu.Lock()
 	defer p.rebuildMu.Unlock()
 	v := p.state.View(p.name)
-	if ix := p.idx.Load(); ix != nil && ix.view == v && ix.freshAt(t) {
+	if ix := p.idx.Load(); ix != nil && ix.view == v && ix.freshAt(tn) {
 		return ix
 	}
 	ix := p.buildIndex(v, t)
