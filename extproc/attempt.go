@@ -114,7 +114,14 @@ func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv
 	f := statusFailure(code, hint)
 	out := t.Pool.Fail(ctx, a.id, a.pick, f)
 	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(f.Class.Reason())).Inc()
-	a.logger().Info(ctx, "key failed",
+	msg := "key failed; not marked"
+	switch {
+	case out.Retry && !out.Cooldown.Until.IsZero():
+		msg = "key failed; marked and retrying with the next key"
+	case out.Retry:
+		msg = "key failed; retrying with the next key"
+	}
+	a.logger().Info(ctx, msg,
 		slog.F("pool", a.poolName), slog.F("key", a.key.ID()), slog.F("key_hint", a.key.Hint()),
 		slog.F("status", code), slog.F("class", f.Class), slog.F("action", out.Action),
 		slog.F("retry", out.Retry), slog.F("cooldown_until", out.Cooldown.Until),
