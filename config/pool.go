@@ -38,6 +38,11 @@ type Pool struct {
 	Corroborate Corroborate `yaml:"corroborate"`
 	// Headroom sets when a successful answer's remaining limits take a key out.
 	Headroom Headroom `yaml:"headroom"`
+	// ModelHeader is the request header extproc reads the request's model from
+	// when the provider's path names none (Envoy AI Gateway sets x-ai-eg-model);
+	// it is removed before the request goes upstream. Lower case. Default
+	// "x-keypool-model".
+	ModelHeader string `yaml:"model_header"`
 	// ProbeLease is how long one probe of a key whose cooldown ended may take
 	// before another request may probe it. Default 30s, at most 10m.
 	ProbeLease Duration `yaml:"probe_lease"`

@@ -270,7 +270,7 @@ func (a *attempt) logFailure(ctx context.Context, level slog.Level, f keypool.Fa
 	case !out.Retry:
 		msg = "key failed; the provider's answer goes to the client"
 	case out.Changed:
-		msg = "key failed and cools down; retrying with the next key"
+		msg = "key failed; marked and retrying with the next key"
 	}
 	fields := []slog.Field{
 		slog.F("pool", a.poolName), slog.F("key", a.pick.ID()), slog.F("key_hint", a.pick.Hint()),

@@ -2,7 +2,7 @@ package keypool
 
 import (
 	"context"
-	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,7 +19,7 @@ type MemoryState struct {
 	clock Clock
 	tried *TriedSet
 
-	views atomic.Pointer[map[string]*View] // immutable; replaced by writers
+	views atomic.Pointer[poolViews] // immutable; replaced by writers
 
 	mu       sync.Mutex // serialises writers; protects the fields below
 	windows  map[windowKey]*corroborationWindow
@@ -56,6 +56,36 @@ type corroboration struct {
 
 var _ State = (*MemoryState)(nil)
 
+// poolViews are the pools' views, in a slice that View scans: deployments have a
+// handful of pools, and comparing a few short strings is cheaper than hashing one.
+type poolViews struct {
+	names []string
+	views []*View
+}
+
+func (pv *poolViews) get(pool string) *View {
+	for i, n := range pv.names {
+		if n == pool {
+			return pv.views[i]
+		}
+	}
+	return nil
+}
+
+// with returns a copy of pv with pool's view replaced by v.
+func (pv *poolViews) with(pool string, v *View) *poolViews {
+	out := &poolViews{names: slices.Clone(pv.names), views: slices.Clone(pv.views)}
+	for i, n := range out.names {
+		if n == pool {
+			out.views[i] = v
+			return out
+		}
+	}
+	out.names = append(out.names, pool)
+	out.views = append(out.views, v)
+	return out
+}
+
 // NewMemoryState returns an empty MemoryState. A nil clock is the system clock; a
 // triedTTL of zero is DefaultTriedTTL.
 func NewMemoryState(clock Clock, triedTTL time.Duration) *MemoryState {
@@ -65,12 +95,12 @@ func NewMemoryState(clock Clock, triedTTL time.Duration) *MemoryState {
 		windows: make(map[windowKey]*corroborationWindow),
 		leases:  make(map[leaseKey]string),
 	}
-	m.views.Store(&map[string]*View{})
+	m.views.Store(&poolViews{})
 	return m
 }
 
-// View implements State: one atomic load and one map lookup.
-func (m *MemoryState) View(pool string) *View { return (*m.views.Load())[pool] }
+// View implements State: one atomic load and a scan of the pool names.
+func (m *MemoryState) View(pool string) *View { return m.views.Load().get(pool) }
 
 // Tried implements State.
 func (m *MemoryState) Tried(_ context.Context, pool, requestID string) []string {
@@ -81,6 +111,11 @@ func (m *MemoryState) Tried(_ context.Context, pool, requestID string) []string 
 func (m *MemoryState) RecordTried(_ context.Context, pool, ref, requestID string) []string {
 	return m.tried.Add(pool, requestID, ref, now(m.clock))
 }
+
+// Requests is the number of requests whose tried sets are held in memory,
+// expired ones not yet dropped included: bounded by the failed-over requests of the
+// last two tried-set TTLs that did not end.
+func (m *MemoryState) Requests() int { return m.tried.Len() }
 
 // Forget implements State.
 func (m *MemoryState) Forget(_ context.Context, pool, requestID string) {
@@ -96,10 +131,10 @@ func (m *MemoryState) update(pool string, t time.Time, f func(entries map[Scope]
 }
 
 func (m *MemoryState) updateLocked(pool string, t time.Time, f func(entries map[Scope]Entry) bool) {
-	views := *m.views.Load()
+	views := m.views.Load()
 	entries := make(map[Scope]Entry)
 	retired := false
-	if v := views[pool]; v != nil {
+	if v := views.get(pool); v != nil {
 		for s, e := range v.Entries {
 			if !t.Before(e.Retires()) {
 				retired = true
@@ -112,9 +147,7 @@ func (m *MemoryState) updateLocked(pool string, t time.Time, f func(entries map[
 	if !f(entries) && !retired {
 		return
 	}
-	next := maps.Clone(views)
-	next[pool] = &View{Entries: entries}
-	m.views.Store(&next)
+	m.views.Store(views.with(pool, &View{Entries: entries}))
 }
 
 // markLocked applies mark to entries: the later deadline wins; a lengthening mark
@@ -155,7 +188,9 @@ func (m *MemoryState) Corroborate(_ context.Context, pool string, c Corroboratio
 			m.sweepWindowsLocked(t)
 		}
 		w = &corroborationWindow{}
-		m.windows[wk] = w
+		if len(m.windows) < maxWindows {
+			m.windows[wk] = w
+		} // else: counted for this call only; the failure still fails over
 	}
 	w.window = c.Window
 	var who triedKey

@@ -225,7 +225,9 @@ func (s *State) EndProbe(ctx context.Context, pool string, scope keypool.Scope, 
 		return
 	}
 	s.shim.gen.Add(1)
-	if end == keypool.ProbeSucceeded && !s.view.cooldown(pool, shimRef(scope)).ActiveAt(s.now()) {
+	// v1's Override waits on Redis even while it is unreachable: a request must
+	// not, so a probe's success is shared only while Redis is up.
+	if end == keypool.ProbeSucceeded && s.Healthy() && !s.view.cooldown(pool, shimRef(scope)).ActiveAt(s.now()) {
 		_ = s.Override(ctx, pool, shimRef(scope), keypool.Cooldown{})
 	}
 }
