@@ -123,6 +123,9 @@ func (a *attempt) onRequestHeaders(ctx context.Context, req *extprocv3.Processin
 	}
 	a.pick, a.keyT = pick, kt
 	kt.picks.Inc()
+	if pick.Steered() {
+		t.steered.Inc()
+	}
 
 	m := a.answers.requestMutation()
 	m.SetHeaders = append(m.SetHeaders, kt.auth)

@@ -243,6 +243,9 @@ func TestHeadroomTakesASpentKeyOutBeforeIts429(t *testing.T) {
 	if got := h.metric("envoy_keypool_headroom_depletions_total", map[string]string{"pool": "openai"}); got != 1 {
 		t.Errorf("headroom depletions = %v, want 1", got)
 	}
+	if got := h.metric("envoy_keypool_headroom_steered_picks_total", map[string]string{"pool": "openai"}); got != 1 {
+		t.Errorf("picks steered by headroom = %v, want 1", got)
+	}
 	h.clock.Advance(5 * time.Second)
 	if got := h.next("openai", attemptOpts{id: "c", number: 1}); got != 0 {
 		t.Fatalf("after the reset a request got key %d, want key 0", got)

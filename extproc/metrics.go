@@ -15,6 +15,7 @@ type Metrics struct {
 	bodies     *prometheus.CounterVec
 	probes     *prometheus.CounterVec
 	depleted   *prometheus.CounterVec
+	steered    *prometheus.CounterVec
 	attempts   *prometheus.HistogramVec
 	duration   *prometheus.HistogramVec
 }
@@ -55,6 +56,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "envoy_keypool_headroom_depletions_total",
 			Help: "Times headroom steering took a key (or a key for one model) out until its limit resets, because a successful answer said no requests or too few tokens were left: the picks it would have served until the reset go to other keys instead of paying a 429.",
 		}, []string{"pool"}),
+		steered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "envoy_keypool_headroom_steered_picks_total",
+			Help: "Picks that went to another key than the strategy would have chosen first, because headroom steering had that key out: each is a request that did not pay a 429 round trip.",
+		}, []string{"pool"}),
 		attempts: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "envoy_keypool_request_attempts",
 			Help:    "Attempts a request took until envoy-keypool saw its answer (a non-failure answer or the pool's exhaustion answer).",
@@ -68,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.picks, m.failures, m.exhausted, m.byok, m.unexpected, m.bodies, m.probes,
-			m.depleted, m.attempts, m.duration)
+			m.depleted, m.steered, m.attempts, m.duration)
 	}
 	return m
 }
@@ -84,7 +89,7 @@ func (m *Metrics) forgetRemoved(old, cur *targetSet) {
 		if !kept {
 			pool := prometheus.Labels{"pool": name}
 			for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{
-				m.picks, m.failures, m.exhausted, m.byok, m.bodies, m.probes, m.depleted, m.attempts, m.duration,
+				m.picks, m.failures, m.exhausted, m.byok, m.bodies, m.probes, m.depleted, m.steered, m.attempts, m.duration,
 			} {
 				v.DeletePartialMatch(pool)
 			}

@@ -28,6 +28,7 @@ type target struct {
 
 	byok     prometheus.Counter
 	depleted prometheus.Counter
+	steered  prometheus.Counter
 	attempts prometheus.Observer
 	duration prometheus.Observer
 }
@@ -55,6 +56,7 @@ func (s *Server) compile(targets map[string]*Target) (*targetSet, error) {
 		ct := &target{Target: t, name: name, keys: map[string]*keyTarget{},
 			byok:     s.metrics.byok.WithLabelValues(name),
 			depleted: s.metrics.depleted.WithLabelValues(name),
+			steered:  s.metrics.steered.WithLabelValues(name),
 			attempts: s.metrics.attempts.WithLabelValues(name),
 			duration: s.metrics.duration.WithLabelValues(name),
 		}

@@ -143,7 +143,7 @@ func buildTargets(cfg *config.Config, state keypool.State) (map[string]*extproc.
 			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
 		}
 		targets[pc.Name] = &extproc.Target{
-			Pool: pool, Provider: prov, AllowBYOK: pc.BYOK == config.BYOKAllow,
+			Pool: pool, Provider: prov, AllowBYOK: pc.BYOK == config.BYOKAllow, ModelHeader: pc.ModelHeader,
 		}
 		pools = append(pools, admin.Pool{Pool: pool, Provider: prov.Name()})
 	}
