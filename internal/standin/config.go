@@ -53,6 +53,10 @@ type hcmConfig struct {
 	alwaysSetRequestIDInResponse bool
 	allowHTTP2                   bool
 	suppressEnvoyHeaders         bool
+	xffNumTrustedHops            uint32
+	skipXffAppend                bool
+	via                          string
+	internal                     internalAddresses
 	bufferLimit                  uint64
 	routes                       *routeConfig
 	routerFilters                []*filterConfig
@@ -152,6 +156,13 @@ func buildHCM(m *hcmv3.HttpConnectionManager) (*hcmConfig, error) {
 		useRemoteAddress:             m.GetUseRemoteAddress().GetValue(),
 		alwaysSetRequestIDInResponse: m.GetAlwaysSetRequestIdInResponse(),
 		allowHTTP2:                   m.GetCodecType() != hcmv3.HttpConnectionManager_HTTP1,
+		xffNumTrustedHops:            m.GetXffNumTrustedHops(),
+		skipXffAppend:                m.GetSkipXffAppend(),
+		via:                          m.GetVia(),
+	}
+	var err error
+	if h.internal, err = buildInternalAddresses(m.GetInternalAddressConfig()); err != nil {
+		return nil, err
 	}
 	if m.GetRouteConfig() == nil {
 		return nil, fmt.Errorf("http_connection_manager: %w: only an inline route_config (no rds or scoped_routes)", ErrUnsupported)

@@ -22,6 +22,7 @@ type extProcConfig struct {
 	cluster           string
 	authority         string
 	metadata          [][2]string
+	retry             *retryPolicy // grpc_service.retry_policy
 	failureModeAllow  bool
 	sendReqHeaders    bool
 	sendRespHeaders   bool
@@ -85,15 +86,21 @@ func buildExtProc(where string, ep *extprocfilterv3.ExternalProcessor) (*extProc
 		sendReqHeaders:    true,
 		sendRespHeaders:   true,
 	}
-	if s := ep.GetStatusOnError(); s != nil && s.GetCode() != 0 {
-		c.statusOnError = int(s.GetCode())
+	if s := ep.GetStatusOnError(); s != nil {
+		c.statusOnError = statusOnErrorCode(int(s.GetCode()))
 	}
 	gs := ep.GetGrpcService()
 	if gs == nil {
 		return nil, fmt.Errorf("%s: %w: only grpc_service (no http_service)", where, ErrUnsupported)
 	}
-	if err := onlyFields(where+" grpc_service", gs, "envoy_grpc", "initial_metadata", "timeout"); err != nil {
+	if err := onlyFields(where+" grpc_service", gs, "envoy_grpc", "initial_metadata", "timeout", "retry_policy"); err != nil {
 		return nil, err
+	}
+	if rp := gs.GetRetryPolicy(); rp != nil {
+		var err error
+		if c.retry, err = buildCoreRetryPolicy(where+" grpc_service.retry_policy", rp); err != nil {
+			return nil, err
+		}
 	}
 	eg := gs.GetEnvoyGrpc()
 	if eg == nil {
@@ -130,6 +137,15 @@ func buildExtProc(where string, ep *extprocfilterv3.ExternalProcessor) (*extProc
 		}
 	}
 	return c, nil
+}
+
+// statusOnErrorCode is FilterConfig::toErrorCode (ext_proc.h): only 4xx and 5xx
+// statuses, anything else (unset included) is 500.
+func statusOnErrorCode(code int) int {
+	if code >= 400 && code <= 599 {
+		return code
+	}
+	return defaultStatusOnError
 }
 
 // checkProcessingMode accepts header modes DEFAULT/SEND/SKIP, bodies NONE and

@@ -9,8 +9,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // extProcFilter is one ext_proc filter instance of one attempt: the upstream filter
@@ -21,67 +21,29 @@ type extProcFilter struct {
 	cfg     *extProcConfig
 	cluster *upstreamCluster
 
-	stream   extprocv3.ExternalProcessor_ProcessClient
-	cancel   context.CancelFunc
-	recv     chan recvResult
+	stream   *grpcStream
 	complete bool // processing_complete_: the filter no longer talks to the server
 }
 
-type recvResult struct {
-	msg *extprocv3.ProcessingResponse
-	err error
-}
+const processMethod = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
 func (f *extProcFilter) close() {
-	if f.cancel != nil {
-		if f.stream != nil {
-			_ = f.stream.CloseSend()
-		}
-		f.cancel()
-		f.cancel = nil
+	if f.stream != nil {
+		f.stream.close()
+		f.stream = nil
 	}
 }
 
-// open starts the Process() stream on a healthy host of the ext_proc cluster, with the
-// filter's initial_metadata as gRPC metadata.
-func (f *extProcFilter) open(ctx context.Context) error {
-	h := f.cluster.pick()
-	if h == nil {
-		return fmt.Errorf("ext_proc cluster %s: %w", f.cluster.cfg.name, errNoHealthyUpstream)
-	}
+// open starts the Process() stream with the filter's initial_metadata. As in Envoy
+// the stream is asynchronous: host selection, the connection, retries of
+// grpc_service.retry_policy all happen while the first message waits for its answer,
+// so message_timeout covers them (ext_proc.cc onHeaders starts the message timer
+// right after openStream, before any connection exists).
+func (f *extProcFilter) open(ctx context.Context) {
 	f.cluster.markTraffic()
-	conn, err := f.cluster.grpcConn(h, f.p.opts, f.cfg.authority)
-	if err != nil {
-		return err
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	md := metadata.MD{}
-	for _, kv := range f.cfg.metadata {
-		md.Append(kv[0], kv[1])
-	}
-	sctx = metadata.NewOutgoingContext(sctx, md)
-	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(sctx)
-	if err != nil {
-		cancel()
-		return fmt.Errorf("open ext_proc stream: %w", err)
-	}
 	f.p.stats.extProcStreams.Add(1)
-	f.stream, f.cancel = stream, cancel
-	f.recv = make(chan recvResult, 4)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			select {
-			case f.recv <- recvResult{msg: m, err: err}:
-			case <-sctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	return nil
+	f.stream = startGrpcStream(ctx, grpcTarget{cluster: f.cluster, authority: f.cfg.authority, metadata: f.cfg.metadata, policy: f.cfg.retry},
+		processMethod, func() proto.Message { return &extprocv3.ProcessingResponse{} })
 }
 
 // headersToProto is MutationUtils::headersToProto: every header, pseudo-headers
@@ -114,9 +76,7 @@ func (f *extProcFilter) onHeaders(ctx context.Context, ph phase, h *headerMap, e
 		return nil
 	}
 	if f.stream == nil {
-		if err := f.open(ctx); err != nil {
-			return f.onGrpcError(err)
-		}
+		f.open(ctx)
 	}
 	hh := &extprocv3.HttpHeaders{Headers: f.headersToProto(h), EndOfStream: endOfStream}
 	req := &extprocv3.ProcessingRequest{}
@@ -125,23 +85,7 @@ func (f *extProcFilter) onHeaders(ctx context.Context, ph phase, h *headerMap, e
 	} else {
 		req.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: hh}
 	}
-	if err := f.stream.Send(req); err != nil {
-		// A failed Send hides the stream's status; the receiving goroutine reports it.
-		if !errors.Is(err, io.EOF) {
-			return f.onGrpcError(err)
-		}
-		select {
-		case r := <-f.recv:
-			if errors.Is(r.err, io.EOF) {
-				// Closed cleanly by the server: processing complete, go on.
-				f.complete = true
-				return nil
-			}
-			if r.err != nil {
-				err = r.err
-			}
-		case <-time.After(f.cfg.messageTimeout):
-		}
+	if err := f.stream.send(req); err != nil {
 		return f.onGrpcError(err)
 	}
 	timeout := f.cfg.messageTimeout
@@ -156,7 +100,7 @@ func (f *extProcFilter) onHeaders(ctx context.Context, ph phase, h *headerMap, e
 			return nil
 		case <-timer.C:
 			return f.onMessageTimeout()
-		case r := <-f.recv:
+		case r := <-f.stream.recv:
 			if r.err != nil {
 				if errors.Is(r.err, io.EOF) {
 					// The server closed the stream cleanly: Envoy treats that as
@@ -166,14 +110,15 @@ func (f *extProcFilter) onHeaders(ctx context.Context, ph phase, h *headerMap, e
 				}
 				return f.onGrpcError(r.err)
 			}
-			if d := r.msg.GetOverrideMessageTimeout(); d != nil {
+			msg := r.msg.(*extprocv3.ProcessingResponse)
+			if d := msg.GetOverrideMessageTimeout(); d != nil {
 				// Honoured only up to max_message_timeout (Filter::onNewTimeout).
 				if nt := d.AsDuration(); f.cfg.maxMessageTimeout > 0 && nt <= f.cfg.maxMessageTimeout && nt > 0 {
 					timer.Reset(nt)
 				}
 				continue
 			}
-			return f.handle(ph, h, r.msg)
+			return f.handle(ph, h, msg)
 		}
 	}
 }
@@ -199,7 +144,7 @@ func (f *extProcFilter) handle(ph phase, h *headerMap, m *extprocv3.ProcessingRe
 			return nil
 		}
 		f.p.stats.extProcErrors.Add(1)
-		return newLocalReply(f.cfg.statusOnError, "", "ext_proc_error_spurious_message")
+		return filterError(f.cfg.statusOnError, "ext_proc_error_spurious_message")
 	}
 	cr := hr.GetResponse()
 	replacing := cr.GetStatus() == extprocv3.CommonResponse_CONTINUE_AND_REPLACE
@@ -211,7 +156,7 @@ func (f *extProcFilter) handle(ph phase, h *headerMap, m *extprocv3.ProcessingRe
 		f.complete = true
 		f.p.stats.extProcErrors.Add(1)
 		f.p.logf("ext_proc mutation rejected: %v", err)
-		return newLocalReply(f.cfg.statusOnError, "", "ext_proc_error_mutation")
+		return filterError(f.cfg.statusOnError, "ext_proc_error_mutation")
 	}
 	return nil
 }
@@ -226,7 +171,7 @@ func (f *extProcFilter) onGrpcError(err error) *localReply {
 	}
 	f.p.stats.extProcErrors.Add(1)
 	f.p.logf("ext_proc stream failed: %v", err)
-	return newLocalReply(f.cfg.statusOnError, "", fmt.Sprintf("ext_proc_error_gRPC_error_%d", status.Code(err)))
+	return filterError(f.cfg.statusOnError, fmt.Sprintf("ext_proc_error_gRPC_error_%d", status.Code(err)))
 }
 
 // onMessageTimeout is Filter::onMessageTimeout: 504 when the server does not answer
@@ -239,5 +184,5 @@ func (f *extProcFilter) onMessageTimeout() *localReply {
 		return nil
 	}
 	f.p.logf("ext_proc message timeout after %s", f.cfg.messageTimeout)
-	return newLocalReply(504, "", "ext_proc_error_per-message_timeout_exceeded")
+	return filterError(504, "ext_proc_error_per-message_timeout_exceeded")
 }

@@ -47,9 +47,7 @@ func New(bs *bootstrapv3.Bootstrap, opts Options) (*Proxy, error) {
 	}
 	p := &Proxy{opts: opts, cfg: cfg, clusters: map[string]*upstreamCluster{}}
 	for name, cc := range cfg.clusters {
-		c := newUpstreamCluster(cc, opts)
-		c.newTransport(opts)
-		p.clusters[name] = c
+		p.clusters[name] = newUpstreamCluster(p, cc)
 	}
 	return p, nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -29,15 +30,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt = vh.matchRoute(path)
 	}
 	if rt == nil {
-		// The connection manager answers 404 when no route matches (route_not_found).
-		p.writeLocal(w, newLocalReply(http.StatusNotFound, "", "route_not_found"), vh, nil, req, 0)
+		// The connection manager answers 404 when no route matches (route_not_found);
+		// without a route no route header operations apply.
+		p.writeLocal(w, newLocalReply(http.StatusNotFound, "", "route_not_found"), nil, nil, req, 0)
 		return
 	}
 	c := p.clusters[rt.cluster]
-	p.applyRouteToRequest(req, vh, rt)
 
 	rr := &routedRequest{p: p, w: w, r: r, req: req, vh: vh, rt: rt, cluster: c}
-	rr.policy = p.effectiveRetryPolicy(vh, rt, c)
+	policy := p.effectiveRetryPolicy(vh, rt, c)
+	rr.timeouts = finalTimeouts(rt.timeout, policy, req)
+	rr.policy = retryStateFor(policy, req)
+	p.applyRouteToRequest(req, vh, rt, rr.timeouts)
 	rr.filters = p.cfg.hcm.routerFilters
 	if c.cfg.hasFilters {
 		// The cluster's upstream filters win over the router's (HttpProtocolOptions.http_filters).
@@ -82,15 +86,16 @@ func (rr *routedRequest) bufferLimit() uint64 {
 
 // routedRequest is one downstream request after routing.
 type routedRequest struct {
-	p       *Proxy
-	w       http.ResponseWriter
-	r       *http.Request
-	req     *headerMap // the one header map every attempt shares
-	vh      *virtualHost
-	rt      *route
-	cluster *upstreamCluster
-	policy  *retryPolicy
-	filters []*filterConfig
+	p        *Proxy
+	w        http.ResponseWriter
+	r        *http.Request
+	req      *headerMap // the one header map every attempt shares
+	vh       *virtualHost
+	rt       *route
+	cluster  *upstreamCluster
+	policy   *retryPolicy // the retry state; nil: never retried
+	timeouts timeouts
+	filters  []*filterConfig
 
 	body       []byte    // buffered body, replayed on every attempt
 	bodyStream io.Reader // set when the body outgrew the buffer limit: no retry possible
@@ -130,8 +135,8 @@ func (rr *routedRequest) serve() {
 	var cancel context.CancelCauseFunc
 	ctx, cancel = context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if rr.rt.timeout > 0 {
-		t := time.AfterFunc(rr.rt.timeout, func() { cancel(errRouteTimeout) })
+	if rr.timeouts.global > 0 {
+		t := time.AfterFunc(rr.timeouts.global, func() { cancel(errRouteTimeout) })
 		defer t.Stop()
 	}
 
@@ -141,13 +146,13 @@ func (rr *routedRequest) serve() {
 	var backoff *jitteredBackoff
 	if policy != nil {
 		retriesLeft = policy.numRetries
-		retryOn = policy.retryOn != 0 && policy.requestAllowsRetry(rr.req)
+		retryOn = policy.retryOn != 0
 		backoff = newJitteredBackoff(policy.baseInterval, policy.maxInterval, p.opts.Rand)
 	}
 	holdingRetry := false
 	releaseRetry := func() {
 		if holdingRetry {
-			rr.cluster.endRetry()
+			rr.cluster.res.endRetry()
 			holdingRetry = false
 		}
 	}
@@ -188,11 +193,11 @@ func (rr *routedRequest) serve() {
 				p.stats.retryLimitExceeded.Add(1)
 			default:
 				retriesLeft--
-				if rr.cluster.tryStartRetry() {
+				if rr.cluster.res.tryStartRetry() {
 					holdingRetry, retry = true, true
 				} else {
 					p.stats.retriesOverflow.Add(1)
-					p.logf("retry refused by circuit breaker of cluster %s (max_retries %d)", rr.cluster.cfg.name, rr.cluster.cfg.maxRetries)
+					p.logf("retry refused by circuit breaker of cluster %s (max_retries %d)", rr.cluster.cfg.name, rr.cluster.cfg.limits.maxRetries)
 				}
 			}
 		}
@@ -211,7 +216,10 @@ func (rr *routedRequest) serve() {
 				delay = lowerBoundBackoff(d, p.opts.Rand)
 			}
 		}
-		out.discard()
+		// A retried response with a body resets its upstream stream, which closes an
+		// HTTP/1.1 connection (router.cc onUpstreamHeaders: resetStream unless the
+		// response ended with its headers and the request was fully sent).
+		out.discardForRetry()
 		p.logf("retrying request to cluster %s in %s (attempt %d)", rr.cluster.cfg.name, delay, rr.attempts+1)
 		t := time.NewTimer(delay)
 		select {
@@ -239,13 +247,17 @@ func resetReply(out *attemptOutcome) *localReply {
 	if out.reset == resetPerTryTimeout {
 		return newLocalReply(http.StatusGatewayTimeout, "upstream request timeout", "upstream_per_try_timeout")
 	}
-	reason := "connection termination"
-	if out.reset == resetConnectFailure {
-		reason = "remote connection failure"
-	}
-	return newLocalReply(http.StatusServiceUnavailable,
+	reason := map[resetReason]string{
+		resetConnectFailure: "remote connection failure",
+		resetRemote:         "connection termination",
+		resetRefusedStream:  "remote refused stream reset",
+		resetOverflow:       "overflow",
+	}[out.reset]
+	lr := newLocalReply(http.StatusServiceUnavailable,
 		"upstream connect error or disconnect/reset before headers. reset reason: "+reason,
-		"upstream_reset_before_response_started")
+		"upstream_reset_before_response_started{"+strings.ReplaceAll(reason, " ", "_")+"}")
+	lr.overloaded = out.reset == resetOverflow
+	return lr
 }
 
 func (rr *routedRequest) finishLocal(lr *localReply) {
@@ -258,9 +270,8 @@ func (rr *routedRequest) finishLocal(lr *localReply) {
 
 func (p *Proxy) writeLocal(w http.ResponseWriter, lr *localReply, vh *virtualHost, rt *route, req *headerMap, attempts int) {
 	p.stats.localReplies.Add(1)
-	h := lr.headers.clone()
-	p.finalizeResponse(h, vh, rt, req, attempts)
-	h.set("content-length", strconv.Itoa(len(lr.body)))
+	h := p.localReplyHeaders(lr, vh, rt, attempts)
+	p.connectionManagerResponseHeaders(h, req)
 	p.logf("local reply %s (%s)", h.values(":status"), lr.details)
 	writeHeaders(w, h)
 	_, _ = io.WriteString(w, lr.body)
@@ -271,7 +282,9 @@ func (p *Proxy) writeLocal(w http.ResponseWriter, lr *localReply, vh *virtualHos
 func (rr *routedRequest) forward(ctx context.Context, out *attemptOutcome) {
 	defer out.discard()
 	h := out.resp
-	rr.p.finalizeResponse(h, rr.vh, rr.rt, rr.req, rr.attempts)
+	rr.p.finalizeRouteResponse(h, rr.vh, rr.rt)
+	routerResponseHeaders(h, rr.vh, rr.attempts)
+	rr.p.connectionManagerResponseHeaders(h, rr.req)
 	writeHeaders(rr.w, h)
 	rc := http.NewResponseController(rr.w)
 	_ = rc.Flush()
