@@ -343,10 +343,11 @@ func (s *grpcStream) readMessages(resp *http.Response) {
 // grpcBody is one attempt's request body: the stream's messages from the first, then
 // those sent later, until the stream half-closes or the attempt ends.
 type grpcBody struct {
-	s   *grpcStream
-	ctx context.Context
-	idx int
-	rd  *bytes.Reader
+	s      *grpcStream
+	ctx    context.Context
+	idx    int
+	rd     *bytes.Reader
+	closed bool // protected by s.mu: the transport gave up on the body
 }
 
 func (b *grpcBody) Read(p []byte) (int, error) {
@@ -356,10 +357,13 @@ func (b *grpcBody) Read(p []byte) (int, error) {
 		}
 		s := b.s
 		s.mu.Lock()
-		for b.idx >= len(s.sent) && !s.halfClosed && b.ctx.Err() == nil {
+		for b.idx >= len(s.sent) && !s.halfClosed && b.ctx.Err() == nil && !b.closed {
 			s.cond.Wait()
 		}
 		switch {
+		case b.closed:
+			s.mu.Unlock()
+			return 0, io.ErrClosedPipe
 		case b.ctx.Err() != nil:
 			s.mu.Unlock()
 			return 0, b.ctx.Err()
@@ -374,7 +378,15 @@ func (b *grpcBody) Read(p []byte) (int, error) {
 	}
 }
 
-func (b *grpcBody) Close() error { return nil }
+// Close is how net/http aborts the body write when the stream ends (a reset, say):
+// it must wake a Read waiting for the next message, or RoundTrip never returns.
+func (b *grpcBody) Close() error {
+	b.s.mu.Lock()
+	b.closed = true
+	b.s.cond.Broadcast()
+	b.s.mu.Unlock()
+	return nil
+}
 
 func grpcStatusOf(code string, h *headerMap) *status.Status {
 	n, err := strconv.Atoi(strings.TrimSpace(code))
