@@ -3,7 +3,9 @@ package standin
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
@@ -279,5 +281,65 @@ func TestMutationHeaderLimits(t *testing.T) {
 	}
 	if n := len(up.recorded()); n != 0 {
 		t.Fatalf("upstream reached %d times", n)
+	}
+}
+
+// An upstream ext_proc may set :path under the default mutation rules (only host,
+// :authority, :method, :scheme and x-envoy-* are blocked, and a ':' header can be
+// neither appended to nor removed: mutation_rules.cc Checker::isAllowed). The router
+// hands the shared header map to upstream_codec after the upstream filters
+// (upstream_codec_filter.cc decodeHeaders), so the rewritten path goes upstream, and as
+// it is rewritten in place every retry carries it too.
+func TestUpstreamExtProcRewritesPath(t *testing.T) {
+	appendTo := func(k, v string) *corev3.HeaderValueOption {
+		o := setHeader(k, v)
+		o.Append = wrapperspb.Bool(true)
+		return o
+	}
+	var seenPaths []string
+	var mu sync.Mutex
+	answer := func(_ int, req *extprocv3.ProcessingRequest) answer {
+		if req.GetRequestHeaders() == nil {
+			if st, _ := headerOf(req, ":status"); st == "429" {
+				return answer{resp: headersResponse(req, &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader("x-keypool-retry", "1")}})}
+			}
+			return answer{}
+		}
+		p, _ := headerOf(req, ":path")
+		mu.Lock()
+		seenPaths = append(seenPaths, p)
+		mu.Unlock()
+		clean := strings.Split(p, "?")[0]
+		return answer{resp: headersResponse(req, &extprocv3.HeaderMutation{
+			SetHeaders:    []*corev3.HeaderValueOption{setHeader(":path", clean), appendTo(":path", "/x"), appendTo(":authority", "evil")},
+			RemoveHeaders: []string{":method"},
+		})}
+	}
+	px, _, up := keypoolSetup(t, nil, answer, func(n int, w http.ResponseWriter, _ *http.Request) {
+		if n == 0 {
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	if st, _, _ := do(t, px, "POST", "/v1/models/gemini:generateContent?key=client-key", "{}", nil); st != 200 {
+		t.Fatalf("status %d", st)
+	}
+	reqs := up.recorded()
+	if len(reqs) != 2 {
+		t.Fatalf("%d attempts, want 2", len(reqs))
+	}
+	for i, r := range reqs {
+		if r.path != "/v1/models/gemini:generateContent" || r.method != "POST" {
+			t.Errorf("attempt %d: %s %s, want POST with the rewritten path", i+1, r.method, r.path)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seenPaths) != 2 || seenPaths[1] != "/v1/models/gemini:generateContent" {
+		t.Errorf("ext_proc saw paths %v; the retry must carry the rewritten path", seenPaths)
+	}
+	if n := px.Stats().RejectedMutations; n != 6 {
+		t.Errorf("rejected mutations %d, want 6 (append to :path and :authority, remove :method, on both attempts)", n)
 	}
 }
