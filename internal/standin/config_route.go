@@ -22,8 +22,15 @@ type virtualHost struct {
 	includeAttemptCountInResponse bool
 	routes                        []*route
 	headers                       headerOps
-	bufferLimit                   *uint64
+	bodyLimit                     bufferLimits
 	retry                         *retryPolicy
+}
+
+// bufferLimits are the request_body_buffer_limit and the legacy
+// per_request_buffer_limit_bytes of a route or virtual host (nil: unset).
+type bufferLimits struct {
+	current *uint64
+	legacy  *uint64
 }
 
 type route struct {
@@ -38,7 +45,7 @@ type route struct {
 	timeout         time.Duration // 0 disables the route timeout
 	retry           *retryPolicy
 	headers         headerOps
-	bufferLimit     *uint64
+	bodyLimit       bufferLimits
 }
 
 // headerOps are the literal request/response header additions and removals of a
@@ -96,7 +103,7 @@ func buildVirtualHost(vh *routev3.VirtualHost) (*virtualHost, error) {
 	if v.headers, err = buildHeaderOps(where, vh.GetRequestHeadersToAdd(), vh.GetRequestHeadersToRemove(), vh.GetResponseHeadersToAdd(), vh.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
-	v.bufferLimit = bufferLimitOf(vh.GetRequestBodyBufferLimit().GetValue(), vh.GetRequestBodyBufferLimit() != nil, vh.GetPerRequestBufferLimitBytes().GetValue(), vh.GetPerRequestBufferLimitBytes() != nil)
+	v.bodyLimit = bufferLimitsOf(vh.GetRequestBodyBufferLimit().GetValue(), vh.GetRequestBodyBufferLimit() != nil, vh.GetPerRequestBufferLimitBytes().GetValue(), vh.GetPerRequestBufferLimitBytes() != nil)
 	if vh.GetRetryPolicy() != nil {
 		if v.retry, err = buildRetryPolicy(where+" retry_policy", vh.GetRetryPolicy()); err != nil {
 			return nil, err
@@ -114,13 +121,26 @@ func buildVirtualHost(vh *routev3.VirtualHost) (*virtualHost, error) {
 	return v, errors.Join(errs...)
 }
 
-func bufferLimitOf(v64 uint64, has64 bool, v32 uint32, has32 bool) *uint64 {
-	switch {
-	case has64:
-		return &v64
-	case has32:
+func bufferLimitsOf(v64 uint64, has64 bool, v32 uint32, has32 bool) bufferLimits {
+	var b bufferLimits
+	if has64 {
+		b.current = &v64
+	}
+	if has32 {
 		v := uint64(v32)
-		return &v
+		b.legacy = &v
+	}
+	return b
+}
+
+// routeBodyLimit is getRequestBodyBufferLimit (source/common/router/config_impl.cc):
+// the route's request_body_buffer_limit, the virtual host's, the route's
+// per_request_buffer_limit_bytes, the virtual host's; nil when none is set.
+func routeBodyLimit(vh *virtualHost, rt *route) *uint64 {
+	for _, v := range []*uint64{rt.bodyLimit.current, vh.bodyLimit.current, rt.bodyLimit.legacy, vh.bodyLimit.legacy} {
+		if v != nil {
+			return v
+		}
 	}
 	return nil
 }
@@ -173,7 +193,7 @@ func buildRoute(where string, r *routev3.Route) (*route, error) {
 	if out.headers, err = buildHeaderOps(where, r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove(), r.GetResponseHeadersToAdd(), r.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
-	out.bufferLimit = bufferLimitOf(r.GetRequestBodyBufferLimit().GetValue(), r.GetRequestBodyBufferLimit() != nil, r.GetPerRequestBufferLimitBytes().GetValue(), r.GetPerRequestBufferLimitBytes() != nil)
+	out.bodyLimit = bufferLimitsOf(r.GetRequestBodyBufferLimit().GetValue(), r.GetRequestBodyBufferLimit() != nil, r.GetPerRequestBufferLimitBytes().GetValue(), r.GetPerRequestBufferLimitBytes() != nil)
 	return out, nil
 }
 

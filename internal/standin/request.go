@@ -278,18 +278,21 @@ func (p *Proxy) applyRouteToRequest(h *headerMap, vh *virtualHost, rt *route, t 
 	if rt.hostRewrite != "" {
 		h.set(":authority", rt.hostRewrite)
 	}
-	for _, ops := range []headerOps{rt.headers, vh.headers, p.cfg.hcm.routes.headers} {
-		for _, k := range ops.reqRemove {
-			h.remove(k)
-		}
-		applyHeaderAdds(ops.reqAdd, h)
-	}
+	// x-envoy-expected-rq-timeout-ms is set before the route's request header
+	// operations, so they may remove it (router.cc decodeHeaders: finalTimeout, then
+	// finalizeRequestHeaders).
 	expected := t.perTry
 	if expected == 0 {
 		expected = t.global
 	}
 	if expected > 0 && !p.cfg.hcm.suppressEnvoyHeaders {
 		h.set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(expected.Milliseconds(), 10))
+	}
+	for _, ops := range []headerOps{rt.headers, vh.headers, p.cfg.hcm.routes.headers} {
+		for _, k := range ops.reqRemove {
+			h.remove(k)
+		}
+		applyHeaderAdds(ops.reqAdd, h)
 	}
 }
 

@@ -70,18 +70,29 @@ func (p *Proxy) effectiveRetryPolicy(vh *virtualHost, rt *route, c *upstreamClus
 	return &cp
 }
 
-// bufferLimit is the request body buffered for retries: the route's
-// request_body_buffer_limit (or per_request_buffer_limit_bytes), else the virtual
-// host's, else the listener's per-connection buffer limit (1 MiB by default). Since
-// Envoy 1.37 the route's value wins over the virtual host's.
+// bufferLimit is the request body buffered for retries (Filter::
+// calculateEffectiveBufferLimit in router.cc): the route's limit (routeBodyLimit), else
+// the stream's, which is the listener's per_connection_buffer_limit_bytes (1 MiB by
+// default).
 func (rr *routedRequest) bufferLimit() uint64 {
-	switch {
-	case rr.rt.bufferLimit != nil:
-		return *rr.rt.bufferLimit
-	case rr.vh.bufferLimit != nil:
-		return *rr.vh.bufferLimit
+	if v := routeBodyLimit(rr.vh, rr.rt); v != nil {
+		return *v
 	}
 	return rr.p.cfg.hcm.bufferLimit
+}
+
+// streamBufferLimit is the filter manager's buffer limit, which bounds what filters
+// buffer (a buffered response body, json_to_metadata's request body): the listener's
+// limit, raised (never lowered) to the route's when the route is picked
+// (ActiveStream::refreshBufferLimit in conn_manager_impl.cc).
+func streamBufferLimit(p *Proxy, vh *virtualHost, rt *route) uint64 {
+	limit := p.cfg.hcm.bufferLimit
+	if rt != nil {
+		if v := routeBodyLimit(vh, rt); v != nil && *v > limit {
+			limit = *v
+		}
+	}
+	return limit
 }
 
 // routedRequest is one downstream request after routing.
