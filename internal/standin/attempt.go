@@ -132,7 +132,7 @@ func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 
 	chain := make([]*extProcFilter, 0, len(rr.filters))
 	for _, f := range rr.filters {
-		chain = append(chain, &extProcFilter{p: p, cfg: f.extProc, cluster: p.clusters[f.extProc.cluster]})
+		chain = append(chain, newExtProcFilter(p, f.extProc, rr.metadata))
 	}
 	defer func() {
 		for _, f := range chain {
@@ -178,15 +178,48 @@ func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 		p.logf("attempt %d to %s: reset (%d): %v", rr.attempts, h.addr, reason, err)
 		return &attemptOutcome{reset: reason, started: true}
 	}
-	headersIn.Store(true)
 	rh := &headerMap{}
 	rh.add(":status", strconv.Itoa(resp.StatusCode))
 	rh.fromHTTP(resp.Header)
 	rh.removeHopByHop()
 	respEnd := resp.ContentLength == 0
+	var body io.ReadCloser = resp.Body
+	var buffered []byte // the response body once a filter asked for it (mode_override BUFFERED)
+	isBuffered := false
 	for i := len(chain) - 1; i >= 0; i-- {
-		if lr := chain[i].onHeaders(actx, phaseResponse, rh, respEnd); lr != nil {
+		f := chain[i]
+		if lr := f.onHeaders(actx, phaseResponse, rh, respEnd && !isBuffered); lr != nil {
 			sr.s.end(!respEnd)
+			_ = resp.Body.Close()
+			return &attemptOutcome{local: lr}
+		}
+		if !f.wantsResponseBody(respEnd) {
+			continue
+		}
+		if !isBuffered {
+			// The headers stay held while the body is buffered, up to the filter
+			// manager's buffer limit; past it the upstream filter manager answers 500
+			// (ActiveStreamEncoderFilter::responseDataTooLarge in filter_manager.cc).
+			limit := streamBufferLimit(p, rr.vh, rr.rt)
+			b, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
+			if err != nil {
+				if out := rr.ctxOutcome(actx, true); out != nil {
+					return out
+				}
+				return &attemptOutcome{reset: resetRemote, started: true}
+			}
+			if uint64(len(b)) > limit {
+				p.logf("attempt %d: response body over the buffer limit (%d bytes) for ext_proc", rr.attempts, limit)
+				sr.s.end(true)
+				_ = resp.Body.Close()
+				lr := newLocalReply(http.StatusInternalServerError, "Internal Server Error", "response_payload_too_large")
+				lr.fromFilter = true
+				return &attemptOutcome{local: lr}
+			}
+			buffered, isBuffered = b, true
+		}
+		var lr *localReply
+		if buffered, lr = f.onResponseBody(actx, rh, buffered); lr != nil {
 			_ = resp.Body.Close()
 			return &attemptOutcome{local: lr}
 		}
@@ -195,8 +228,15 @@ func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 		_ = resp.Body.Close()
 		return out
 	}
+	// The router sees the headers only now: the per-try timeout ran while a filter held
+	// them.
+	headersIn.Store(true)
+	if isBuffered {
+		_ = resp.Body.Close()
+		body = io.NopCloser(bytes.NewReader(buffered))
+	}
 	done = true
-	return &attemptOutcome{resp: rh, body: resp.Body, hasBody: !respEnd, stream: sr.s, cancel: func() { cancel(nil) }}
+	return &attemptOutcome{resp: rh, body: body, hasBody: !respEnd, stream: sr.s, cancel: func() { cancel(nil) }}
 }
 
 // ctxOutcome reports the end of an attempt by its context: per-try timeout (a reset

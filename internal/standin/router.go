@@ -37,7 +37,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := p.clusters[rt.cluster]
 
-	rr := &routedRequest{p: p, w: w, r: r, req: req, vh: vh, rt: rt, cluster: c}
+	rr := &routedRequest{p: p, w: w, r: r, req: req, vh: vh, rt: rt, cluster: c, metadata: &dynamicMetadata{}}
 	policy := p.effectiveRetryPolicy(vh, rt, c)
 	rr.timeouts = finalTimeouts(rt.timeout, policy, req)
 	rr.policy = retryStateFor(policy, req)
@@ -107,6 +107,7 @@ type routedRequest struct {
 	policy   *retryPolicy // the retry state; nil: never retried
 	timeouts timeouts
 	filters  []*filterConfig
+	metadata *dynamicMetadata // the stream's dynamic metadata
 
 	body       []byte    // buffered body, replayed on every attempt
 	bodyStream io.Reader // set when the body outgrew the buffer limit: no retry possible

@@ -22,6 +22,7 @@ type Stats struct {
 	ConnectionOverflow   uint64 // upstream_cx_overflow: max_connections held a stream back
 	UpstreamConnResets   uint64 // HTTP/1.1 connections closed because their response was retried
 	GrpcRetries          uint64 // retries of gRPC streams (grpc_service.retry_policy)
+	ModeOverrides        uint64 // ext_proc mode_override answers applied
 }
 
 type counters struct {
@@ -29,6 +30,7 @@ type counters struct {
 	extProcStreams, extProcErrors, immediateResponses, rejectedMutations           atomic.Uint64
 	failureModeAllowed, healthChecks, retriesSkippedBuffer                         atomic.Uint64
 	pendingOverflow, connectionOverflow, upstreamConnResets, grpcRetries           atomic.Uint64
+	modeOverrides                                                                  atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -52,6 +54,7 @@ func (p *Proxy) Stats() Stats {
 		ConnectionOverflow:   c.connectionOverflow.Load(),
 		UpstreamConnResets:   c.upstreamConnResets.Load(),
 		GrpcRetries:          c.grpcRetries.Load(),
+		ModeOverrides:        c.modeOverrides.Load(),
 	}
 }
 
