@@ -132,7 +132,7 @@ func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 
 	chain := make([]*extProcFilter, 0, len(rr.filters))
 	for _, f := range rr.filters {
-		chain = append(chain, newExtProcFilter(p, f.extProc, rr.metadata))
+		chain = append(chain, newExtProcFilter(p, f.extProc, rr.metadata, rr.start))
 	}
 	defer func() {
 		for _, f := range chain {

@@ -14,8 +14,9 @@ import (
 // filterConfig is one upstream HTTP filter other than the codec. The stand-in knows
 // one kind, ext_proc.
 type filterConfig struct {
-	name    string
-	extProc *extProcConfig
+	name     string
+	disabled bool // HttpFilter.disabled: off unless a route's FilterConfig enables it
+	extProc  *extProcConfig
 }
 
 type extProcConfig struct {
@@ -31,8 +32,11 @@ type extProcConfig struct {
 	allowedOverrides  []*extprocfilterv3.ProcessingMode
 	sendBodyEarly     bool // send_body_without_waiting_for_header_response
 	// forwardUntyped and forwardTyped are metadata_options.forwarding_namespaces.
-	forwardUntyped    []string
-	forwardTyped      []string
+	forwardUntyped []string
+	forwardTyped   []string
+	// requestAttributes are request_attributes, CEL attributes sent with the first
+	// request message; the stand-in evaluates request.time only.
+	requestAttributes []string
 	messageTimeout    time.Duration
 	maxMessageTimeout time.Duration
 	checker           *mutationChecker
@@ -55,7 +59,7 @@ func buildUpstreamFilters(where string, fs []*hcmv3.HttpFilter) ([]*filterConfig
 	var errs []error
 	for i, f := range fs[:len(fs)-1] {
 		w := fmt.Sprintf("%s[%d] %q", where, i, f.GetName())
-		if err := onlyFields(w, f, "name", "typed_config"); err != nil {
+		if err := onlyFields(w, f, "name", "typed_config", "disabled"); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -69,7 +73,7 @@ func buildUpstreamFilters(where string, fs []*hcmv3.HttpFilter) ([]*filterConfig
 			errs = append(errs, err)
 			continue
 		}
-		out = append(out, &filterConfig{name: f.GetName(), extProc: c})
+		out = append(out, &filterConfig{name: f.GetName(), disabled: f.GetDisabled(), extProc: c})
 	}
 	return out, errors.Join(errs...)
 }
@@ -79,8 +83,13 @@ func buildExtProc(where string, ep *extprocfilterv3.ExternalProcessor) (*extProc
 		"max_message_timeout", "mutation_rules", "status_on_error", "stat_prefix", "disable_immediate_response",
 		"forward_rules", "filter_metadata", "route_cache_action", "disable_clear_route_cache", "deferred_close_timeout",
 		"allow_content_length_header", "allow_mode_override", "allowed_override_modes",
-		"send_body_without_waiting_for_header_response", "metadata_options"); err != nil {
+		"send_body_without_waiting_for_header_response", "metadata_options", "request_attributes"); err != nil {
 		return nil, err
+	}
+	for i, a := range ep.GetRequestAttributes() {
+		if a != "request.time" {
+			return nil, fmt.Errorf("%s: request_attributes[%d] %q: %w (request.time only)", where, i, a, ErrUnsupported)
+		}
 	}
 	c := &extProcConfig{
 		failureModeAllow:  ep.GetFailureModeAllow(),
@@ -92,6 +101,7 @@ func buildExtProc(where string, ep *extprocfilterv3.ExternalProcessor) (*extProc
 		allowModeOverride: ep.GetAllowModeOverride(),
 		allowedOverrides:  ep.GetAllowedOverrideModes(),
 		sendBodyEarly:     ep.GetSendBodyWithoutWaitingForHeaderResponse(),
+		requestAttributes: ep.GetRequestAttributes(),
 	}
 	if s := ep.GetStatusOnError(); s != nil {
 		c.statusOnError = statusOnErrorCode(int(s.GetCode()))

@@ -13,6 +13,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // extProcFilter is one ext_proc filter instance of one attempt: the upstream filter
@@ -25,8 +26,10 @@ type extProcFilter struct {
 	// metadata is the stream's dynamic metadata (the upstream filter manager shares
 	// the downstream stream info, upstream_request.cc UpstreamFilterManager).
 	metadata *dynamicMetadata
+	start    time.Time // the downstream request's start (StreamInfo::startTime)
 
 	stream        *grpcStream
+	attrsSent     bool
 	mode          *extprocfilterv3.ProcessingMode // this request's mode (mode_override may change it)
 	protocolSent  bool
 	complete      bool // processing_complete_: the filter no longer talks to the server
@@ -35,9 +38,12 @@ type extProcFilter struct {
 
 const processMethod = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
 
-func newExtProcFilter(p *Proxy, cfg *extProcConfig, md *dynamicMetadata) *extProcFilter {
-	return &extProcFilter{p: p, cfg: cfg, cluster: p.clusters[cfg.cluster], metadata: md, mode: cfg.mode}
+func newExtProcFilter(p *Proxy, cfg *extProcConfig, md *dynamicMetadata, start time.Time) *extProcFilter {
+	return &extProcFilter{p: p, cfg: cfg, cluster: p.clusters[cfg.cluster], metadata: md, start: start, mode: cfg.mode}
 }
+
+// extProcFilterName is the attributes key of ext_proc's messages (FilterName, ext_proc.cc).
+const extProcFilterName = "envoy.filters.http.ext_proc"
 
 func (f *extProcFilter) close() {
 	if f.stream != nil {
@@ -64,6 +70,14 @@ func (f *extProcFilter) open(ctx context.Context) {
 // configuration (Filter::encodeProtocolConfig).
 func (f *extProcFilter) decorate(req *extprocv3.ProcessingRequest) {
 	req.MetadataContext = f.metadata.forward(f.cfg.forwardUntyped, f.cfg.forwardTyped)
+	if len(f.cfg.requestAttributes) > 0 && !f.attrsSent && (req.GetRequestHeaders() != nil || req.GetRequestBody() != nil) {
+		// Filter::addAttributes: the request attributes go once, with the first request
+		// message; a CEL timestamp is printed by absl::FormatTime (RFC 3339, UTC).
+		req.Attributes = map[string]*structpb.Struct{extProcFilterName: {Fields: map[string]*structpb.Value{
+			"request.time": structpb.NewStringValue(f.start.UTC().Format("2006-01-02T15:04:05.999999999-07:00")),
+		}}}
+		f.attrsSent = true
+	}
 	if !f.protocolSent {
 		req.ProtocolConfig = &extprocv3.ProtocolConfiguration{
 			RequestBodyMode:                         f.mode.GetRequestBodyMode(),

@@ -38,11 +38,11 @@ func newLocalReply(status int, body, details string) *localReply {
 // x-envoy-attempt-count and x-envoy-overloaded, or the ImmediateResponse's mutation),
 // then content-length and a text/plain content-type unless one is set; an empty body
 // drops both.
-func (p *Proxy) localReplyHeaders(lr *localReply, vh *virtualHost, rt *route, attempts int) *headerMap {
+func (p *Proxy) localReplyHeaders(lr *localReply, vh *virtualHost, rt *route, attempts int, md *dynamicMetadata) *headerMap {
 	h := &headerMap{}
 	h.set(":status", strconv.Itoa(lr.status))
 	if rt != nil {
-		p.finalizeRouteResponse(h, vh, rt)
+		p.finalizeRouteResponse(h, vh, rt, md)
 	}
 	if !lr.fromFilter {
 		if lr.overloaded && !p.cfg.hcm.suppressEnvoyHeaders {

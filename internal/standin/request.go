@@ -265,7 +265,7 @@ func newUUID() string {
 // literal request headers of route, virtual host and route configuration, and
 // x-envoy-expected-rq-timeout-ms (FilterUtility::setTimeoutHeaders in router.cc: the
 // per-try timeout when there is one, else the route timeout).
-func (p *Proxy) applyRouteToRequest(h *headerMap, vh *virtualHost, rt *route, t timeouts) {
+func (p *Proxy) applyRouteToRequest(h *headerMap, vh *virtualHost, rt *route, t timeouts, md *dynamicMetadata) {
 	if rt.prefixRewrite != nil && rt.prefix != "" {
 		path, _ := h.get(":path")
 		if len(path) >= len(rt.prefix) {
@@ -292,7 +292,7 @@ func (p *Proxy) applyRouteToRequest(h *headerMap, vh *virtualHost, rt *route, t 
 		for _, k := range ops.reqRemove {
 			h.remove(k)
 		}
-		applyHeaderAdds(ops.reqAdd, h)
+		applyHeaderAdds(ops.reqAdd, h, md)
 	}
 }
 
@@ -303,7 +303,7 @@ func (p *Proxy) applyRouteToRequest(h *headerMap, vh *virtualHost, rt *route, t 
 // operations first and its own headers after them (finalizeHeaders then
 // modify_headers in DownstreamFilterManager::sendLocalReplyViaFilterChain,
 // source/common/http/filter_manager.cc), so the caller applies those afterwards.
-func (p *Proxy) finalizeRouteResponse(h *headerMap, vh *virtualHost, rt *route) {
+func (p *Proxy) finalizeRouteResponse(h *headerMap, vh *virtualHost, rt *route, md *dynamicMetadata) {
 	var ops []headerOps
 	if rt != nil {
 		ops = append(ops, rt.headers)
@@ -316,7 +316,7 @@ func (p *Proxy) finalizeRouteResponse(h *headerMap, vh *virtualHost, rt *route) 
 		for _, k := range o.respRemove {
 			h.remove(k)
 		}
-		applyHeaderAdds(o.respAdd, h)
+		applyHeaderAdds(o.respAdd, h, md)
 	}
 }
 

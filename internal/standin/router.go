@@ -19,6 +19,7 @@ var (
 // ServeHTTP runs one downstream request through the connection manager and the router.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.requests.Add(1)
+	start := p.opts.Now()
 	req := downstreamHeaders(r)
 	p.mutateRequestHeaders(r, req)
 
@@ -32,22 +33,99 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rt == nil {
 		// The connection manager answers 404 when no route matches (route_not_found);
 		// without a route no route header operations apply.
-		p.writeLocal(w, newLocalReply(http.StatusNotFound, "", "route_not_found"), nil, nil, req, 0)
+		p.writeLocal(w, newLocalReply(http.StatusNotFound, "", "route_not_found"), nil, nil, req, 0, nil)
 		return
 	}
 	c := p.clusters[rt.cluster]
 
-	rr := &routedRequest{p: p, w: w, r: r, req: req, vh: vh, rt: rt, cluster: c, metadata: &dynamicMetadata{}}
+	rr := &routedRequest{p: p, w: w, r: r, req: req, vh: vh, rt: rt, cluster: c, metadata: &dynamicMetadata{}, start: start}
+	if lr := rr.runDownstreamFilters(); lr != nil {
+		rr.finishLocal(lr)
+		return
+	}
+	// The router, last of the downstream filters.
 	policy := p.effectiveRetryPolicy(vh, rt, c)
 	rr.timeouts = finalTimeouts(rt.timeout, policy, req)
 	rr.policy = retryStateFor(policy, req)
-	p.applyRouteToRequest(req, vh, rt, rr.timeouts)
-	rr.filters = p.cfg.hcm.routerFilters
+	p.applyRouteToRequest(req, vh, rt, rr.timeouts, rr.metadata)
+	chain := p.cfg.hcm.routerFilters
 	if c.cfg.hasFilters {
 		// The cluster's upstream filters win over the router's (HttpProtocolOptions.http_filters).
-		rr.filters = c.cfg.filters
+		chain = c.cfg.filters
+	}
+	for _, f := range chain {
+		if !rr.enabled(f.name, f.disabled) {
+			continue
+		}
+		rr.filters = append(rr.filters, f)
 	}
 	rr.serve()
+}
+
+// enabled applies a filter's own `disabled` and the route's FilterConfig for its name.
+func (rr *routedRequest) enabled(name string, disabledByDefault bool) bool {
+	if d, ok := filterDisabled(rr.vh, rr.rt, name); ok {
+		return !d
+	}
+	return !disabledByDefault
+}
+
+// runDownstreamFilters runs the connection manager's filters before the router on the
+// request. json_to_metadata, when it runs (not disabled for the route, not skipped by
+// its match_delegate matcher), buffers the whole body up to the stream's buffer limit
+// (past it the filter manager answers 413, ActiveStreamDecoderFilter::
+// requestDataTooLarge in filter_manager.cc) and writes the stream's dynamic metadata;
+// the body then goes on to the router.
+func (rr *routedRequest) runDownstreamFilters() *localReply {
+	for _, f := range rr.p.cfg.hcm.downstream {
+		if !rr.enabled(f.name, f.disabled) || f.matcher.skips(rr.req) {
+			continue
+		}
+		j := f.json
+		ct, _ := rr.req.get("content-type")
+		var out structMap
+		switch {
+		case !j.contentTypeAllowed(ct):
+			out = j.mismatchedContentType(rr.metadata)
+		case !rr.requestHasBody():
+			out = j.allOnMissing(rr.metadata)
+		default:
+			body, ok, err := rr.bufferWholeBody(streamBufferLimit(rr.p, rr.vh, rr.rt))
+			if err != nil {
+				panic(http.ErrAbortHandler) // the client went away mid-body
+			}
+			if !ok {
+				lr := newLocalReply(http.StatusRequestEntityTooLarge, "Payload Too Large", "request_payload_too_large")
+				lr.fromFilter = true
+				return lr
+			}
+			out = j.processBody(body, rr.metadata)
+		}
+		for ns, s := range out {
+			rr.metadata.merge(ns, s)
+		}
+	}
+	return nil
+}
+
+func (rr *routedRequest) requestHasBody() bool {
+	return rr.r.Body != nil && rr.r.Body != http.NoBody && rr.r.ContentLength != 0
+}
+
+// bufferWholeBody reads the request body, up to limit bytes; ok is false past it.
+func (rr *routedRequest) bufferWholeBody(limit uint64) ([]byte, bool, error) {
+	if rr.whole {
+		return rr.wholeBody, true, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(rr.r.Body, int64(limit)+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if uint64(len(b)) > limit {
+		return nil, false, nil
+	}
+	rr.wholeBody, rr.whole = b, true
+	return b, true, nil
 }
 
 // effectiveRetryPolicy picks the policy of this request: the cluster's
@@ -108,7 +186,10 @@ type routedRequest struct {
 	timeouts timeouts
 	filters  []*filterConfig
 	metadata *dynamicMetadata // the stream's dynamic metadata
+	start    time.Time        // when the request arrived
 
+	wholeBody  []byte // the whole request body, once a downstream filter buffered it
+	whole      bool
 	body       []byte    // buffered body, replayed on every attempt
 	bodyStream io.Reader // set when the body outgrew the buffer limit: no retry possible
 	hasBody    bool
@@ -116,10 +197,19 @@ type routedRequest struct {
 }
 
 func (rr *routedRequest) readBody() error {
-	if rr.r.Body == nil || rr.r.Body == http.NoBody || rr.r.ContentLength == 0 {
+	if !rr.requestHasBody() {
 		return nil
 	}
 	limit := rr.bufferLimit()
+	if rr.whole {
+		rr.hasBody = len(rr.wholeBody) > 0
+		if uint64(len(rr.wholeBody)) > limit {
+			rr.bodyStream = bytes.NewReader(rr.wholeBody)
+			return nil
+		}
+		rr.body = rr.wholeBody
+		return nil
+	}
 	buf, err := io.ReadAll(io.LimitReader(rr.r.Body, int64(limit)+1))
 	if err != nil {
 		return err
@@ -277,12 +367,12 @@ func (rr *routedRequest) finishLocal(lr *localReply) {
 		// The client is gone; nothing to write.
 		return
 	}
-	rr.p.writeLocal(rr.w, lr, rr.vh, rr.rt, rr.req, rr.attempts)
+	rr.p.writeLocal(rr.w, lr, rr.vh, rr.rt, rr.req, rr.attempts, rr.metadata)
 }
 
-func (p *Proxy) writeLocal(w http.ResponseWriter, lr *localReply, vh *virtualHost, rt *route, req *headerMap, attempts int) {
+func (p *Proxy) writeLocal(w http.ResponseWriter, lr *localReply, vh *virtualHost, rt *route, req *headerMap, attempts int, md *dynamicMetadata) {
 	p.stats.localReplies.Add(1)
-	h := p.localReplyHeaders(lr, vh, rt, attempts)
+	h := p.localReplyHeaders(lr, vh, rt, attempts, md)
 	p.connectionManagerResponseHeaders(h, req)
 	p.logf("local reply %s (%s)", h.values(":status"), lr.details)
 	writeHeaders(w, h)
@@ -294,7 +384,7 @@ func (p *Proxy) writeLocal(w http.ResponseWriter, lr *localReply, vh *virtualHos
 func (rr *routedRequest) forward(ctx context.Context, out *attemptOutcome) {
 	defer out.discard()
 	h := out.resp
-	rr.p.finalizeRouteResponse(h, rr.vh, rr.rt)
+	rr.p.finalizeRouteResponse(h, rr.vh, rr.rt, rr.metadata)
 	routerResponseHeaders(h, rr.vh, rr.attempts)
 	rr.p.connectionManagerResponseHeaders(h, rr.req)
 	writeHeaders(rr.w, h)
