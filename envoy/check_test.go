@@ -142,8 +142,8 @@ func TestChecksCatchBrokenBootstraps(t *testing.T) {
 		}, false, []string{`cluster retry_policy: num_retries 2 is below the 5 keys of pool "openai"`}},
 		{"pool grown in the envoy-keypool config only", func(t *testing.T, _ *bootstrapv3.Bootstrap, cfg *config.Config) {
 			p, _ := cfg.Pool("anthropic")
-			p.Keys = append(p.Keys, config.Key{ID: "anthropic-4", Secret: "env:ANTHROPIC_API_KEY_4"})
-		}, false, []string{`num_retries 3 is below the 4 keys of pool "anthropic"`}},
+			p.Keys = append(p.Keys, config.Key{ID: "anthropic-4", Secret: "env:ANTHROPIC_API_KEY_4"}, config.Key{ID: "anthropic-5", Secret: "env:ANTHROPIC_API_KEY_5"})
+		}, false, []string{`num_retries 4 is below the 5 keys of pool "anthropic"`}},
 		{"retry on another header", func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			editOptions(t, clusterNamed(t, bs, "openai"), func(o *httpv3.HttpProtocolOptions) { o.RetryPolicy.RetriableHeaders[0].Name = "x-retry" })
 		}, false, []string{"retriable_headers lacks {name: x-keypool-retry, present_match: true}"}},
