@@ -12,9 +12,6 @@ import (
 	"github.com/envoy-keypool/envoy-keypool/config"
 )
 
-// typeExtProc is the type URL of the ext_proc filter's configuration.
-const typeExtProc = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-
 // WriteConfig writes the Envoy bootstrap generated from cfg as YAML, with a header
 // naming source (the envoy-keypool config file, as given to the command) so that a
 // reader knows how to regenerate it. It is `envoy-keypool envoy-config --config FILE`.
