@@ -29,8 +29,9 @@ type Envoy struct {
 	Listen string `yaml:"listen"`
 	// KeypoolAddresses are the envoy-keypool replicas Envoy's ext_proc cluster reaches:
 	// "host:port" (each name resolved by DNS, every address an endpoint) or
-	// "unix:/path/to.sock" (a Unix domain socket, Envoy's pipe address: for a sidecar
-	// sharing a volume with Envoy). Not both kinds at once. Default ["127.0.0.1:9001"].
+	// "unix:/path/to.sock" (also "unix:///path/to.sock", as listen.grpc takes it: a Unix
+	// domain socket, Envoy's pipe address, for a sidecar sharing a volume with Envoy).
+	// Not both kinds at once. Default ["127.0.0.1:9001"].
 	KeypoolAddresses []string `yaml:"keypool_addresses"`
 	// KeypoolTLS makes Envoy reach envoy-keypool over TLS (mutual TLS with CertFile and
 	// KeyFile). Needed when envoy-keypool's ext_proc listener has TLS. Default: none
@@ -156,7 +157,7 @@ func (e *Envoy) validate(path string) []error {
 	pipes := 0
 	for i, a := range e.KeypoolAddresses {
 		field := fmt.Sprintf("%s.keypool_addresses[%d]", path, i)
-		if sock, ok := strings.CutPrefix(a, "unix:"); ok {
+		if sock, ok := KeypoolSocketPath(a); ok {
 			pipes++
 			if !strings.HasPrefix(sock, "/") {
 				errs = append(errs, fieldError(field, fmt.Errorf("%q: want unix:/absolute/path", a)))
@@ -188,6 +189,19 @@ func (e *Envoy) validate(path string) []error {
 		errs = append(errs, fieldError(path+".ca_file", fmt.Errorf("%q is not an absolute path", e.CAFile)))
 	}
 	return errs
+}
+
+// KeypoolSocketPath is the socket path of a "unix:" entry of KeypoolAddresses, in
+// either of gRPC's spellings ("unix:/p", "unix:///p"); ok is false for host:port.
+func KeypoolSocketPath(addr string) (path string, ok bool) {
+	p, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		return "", false
+	}
+	if rest, abs := strings.CutPrefix(p, "//"); abs {
+		p = rest
+	}
+	return p, true
 }
 
 func (t *KeypoolTLS) validate(path string) []error {

@@ -520,7 +520,7 @@ func (k *keypoolChecker) checkKeypoolClusters() {
 		if !hasGRPCHealth {
 			k.add(cl.path.f("health_checks").problem("no grpc_health_check: a replica that is draining or down keeps receiving ext_proc streams"))
 		}
-		if got, ok := staticEndpoints(cl); ok && !sameSet(got, k.cfg.Envoy.KeypoolAddresses) {
+		if got, ok := staticEndpoints(cl); ok && !sameSet(got, canonicalAddresses(k.cfg.Envoy.KeypoolAddresses)) {
 			k.add(cl.path.f("load_assignment").problem("endpoints %v, but envoy.keypool_addresses says %v", got, k.cfg.Envoy.KeypoolAddresses))
 		}
 		connect := 5 * time.Second // Cluster.connect_timeout default
@@ -607,6 +607,18 @@ func (k *keypoolChecker) checkUncovered() {
 			}
 		}
 	}
+}
+
+// canonicalAddresses spells every unix: address as staticEndpoints does.
+func canonicalAddresses(list []string) []string {
+	out := make([]string, len(list))
+	for i, a := range list {
+		out[i] = a
+		if p, ok := config.KeypoolSocketPath(a); ok {
+			out[i] = "unix:" + p
+		}
+	}
+	return out
 }
 
 // staticEndpoints lists the endpoints of a cluster that carries them itself (not EDS),

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -94,7 +93,7 @@ func keypoolEndpoints(list []string) ([]*corev3.Address, clusterv3.Cluster_Disco
 	var addrs []*corev3.Address
 	pipes := 0
 	for i, a := range list {
-		if path, ok := strings.CutPrefix(a, "unix:"); ok {
+		if path, ok := config.KeypoolSocketPath(a); ok {
 			pipes++
 			addrs = append(addrs, &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}})
 			continue
