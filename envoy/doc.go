@@ -220,8 +220,8 @@
 // first message. A replica that dies (SIGKILL, OOM) while it holds streams past their
 // request-headers answer (waiting for the provider's response headers) breaks them,
 // and Envoy answers each of those requests 500 at once (ext_proc with
-// failure_mode_allow false). Drain on SIGTERM and Kubernetes' PodDisruptionBudget keep
-// this to crashes.
+// failure_mode_allow false). Draining on SIGTERM keeps this to crashes (SIGKILL, out
+// of memory, a node lost); no Envoy setting retries a stream that has been answered.
 //
 // # The model of a JSON body
 //
