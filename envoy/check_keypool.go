@@ -582,7 +582,7 @@ func (k *keypoolChecker) checkKeypoolTLS(cl *clusterEntry) {
 // provider without envoy-keypool (their requests leave with no pool key).
 func (k *keypoolChecker) checkUncovered() {
 	hosts := map[string][]string{}
-	for _, p := range k.cfg.Pools {
+	for i, p := range k.cfg.Pools {
 		if u, err := url.Parse(p.Route.Upstream); err == nil && u.Hostname() != "" {
 			hosts[u.Hostname()] = append(hosts[u.Hostname()], p.Name)
 		}
@@ -591,7 +591,8 @@ func (k *keypoolChecker) checkUncovered() {
 			if k.unresolvedRDS > 0 {
 				msg += fmt.Sprintf(" (%d connection managers take their routes from RDS, which this configuration does not hold: check Envoy's /config_dump instead)", k.unresolvedRDS)
 			}
-			k.add(&Problem{Path: "pools", Message: msg})
+			// Nothing in Envoy to name: the field is the envoy-keypool config's pool.
+			k.add(&Problem{Path: fmt.Sprintf("envoy-keypool config: pools[%d]", i), Message: msg})
 		}
 	}
 	for _, cl := range k.ix.clusters {

@@ -331,15 +331,15 @@ func TestChecksNameTheBrokenField(t *testing.T) {
 			})
 		}, false, []problem{
 			{openaiFilter + ".grpc_service.initial_metadata", `names pool "ghost"`},
-			{"pools", `pool "openai" has no route`},
+			{"envoy-keypool config: pools[0]", `pool "openai" has no route`},
 		}},
 		{"pool named under another metadata key", false, func(_ *testing.T, _ *bootstrapv3.Bootstrap, cfg *config.Config) {
 			cfg.Envoy.PoolMetadataKey = "x-pool"
-		}, false, []problem{{"pools", `pool "openai" has no route`}}},
+		}, false, []problem{{"envoy-keypool config: pools[0]", `pool "openai" has no route`}}},
 		{"route to a cluster without envoy-keypool", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			editOptions(t, clusterNamed(t, bs, "openai"), func(o *httpv3.HttpProtocolOptions) { o.HttpFilters = o.HttpFilters[1:] })
 		}, false, []problem{
-			{"pools", `pool "openai" has no route`},
+			{"envoy-keypool config: pools[0]", `pool "openai" has no route`},
 			{`cluster "openai": load_assignment`, `reaches mock-provider, the upstream of pool "openai", "anthropic", "openai-byok", without an envoy-keypool filter`},
 		}},
 		{"two envoy-keypool filters in one chain", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
