@@ -13,6 +13,9 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/envoy-keypool/envoy-keypool/config"
 )
@@ -161,6 +164,7 @@ func (k *keypoolChecker) checkHCM(h *hcmEntry) {
 				continue
 			}
 			k.routed[pool.Name] = true
+			k.checkPerRoute(h, r, procs[0].filter.GetName())
 			k.checkRetry(r, cl, pool)
 			k.checkRoute(h, r)
 			k.checkProviderCluster(cl, pool)
@@ -374,6 +378,47 @@ func (k *keypoolChecker) checkRoute(h *hcmEntry, r routeEntry) {
 	}
 	if e.AttemptCountHeader == "x-envoy-attempt-count" && !r.vhost.GetIncludeRequestAttemptCount() && k.once(r.vhostPath.f("include_request_attempt_count")) {
 		k.add(r.vhostPath.f("include_request_attempt_count").problem("false: envoy-keypool reads x-envoy-attempt-count to tell a request's first attempt from its retries"))
+	}
+}
+
+// checkPerRoute: a route, its virtual host or the route table may carry configuration
+// for a filter by its name, and Envoy applies it to upstream filters too
+// (common/http/filter_manager.cc perFilterConfigs; ext_proc.cc mergePerRouteConfig):
+// an ExtProcPerRoute under envoy-keypool's filter name can switch it off or change
+// what it sees, and a FilterConfig can disable it.
+func (k *keypoolChecker) checkPerRoute(h *hcmEntry, r routeEntry, name string) {
+	for _, at := range []struct {
+		path    fieldPath
+		configs map[string]*anypb.Any
+	}{
+		{r.path.f("typed_per_filter_config"), r.route.GetTypedPerFilterConfig()},
+		{r.vhostPath.f("typed_per_filter_config"), r.vhost.GetTypedPerFilterConfig()},
+		{h.tablePath.f("typed_per_filter_config"), h.table.GetTypedPerFilterConfig()},
+	} {
+		a, ok := at.configs[name]
+		if !ok || !k.once(at.path.k(name)) {
+			continue
+		}
+		p := at.path.k(name)
+		switch a.GetTypeUrl() {
+		case typeFilterConfig:
+			fc := &routev3.FilterConfig{}
+			if a.UnmarshalTo(fc) == nil && fc.GetDisabled() {
+				k.add(p.problem("disables envoy-keypool's filter %q on this route: its requests leave with no pool key", name))
+			}
+		case typeExtProcPerRoute:
+			pr := &extprocv3.ExtProcPerRoute{}
+			if a.UnmarshalTo(pr) != nil {
+				continue
+			}
+			if pr.GetDisabled() {
+				k.add(p.problem("disabled: true switches envoy-keypool's filter %q off on this route: its requests leave with no pool key (a filter of another name keeps its own per-route configuration)", name))
+			}
+			o := pr.GetOverrides()
+			if o.GetProcessingMode() != nil || o.GetGrpcService() != nil || len(o.GetGrpcInitialMetadata()) > 0 || o.GetFailureModeAllow() != nil {
+				k.add(p.problem("overrides envoy-keypool's filter %q on this route (processing mode, gRPC service, initial metadata or failure_mode_allow): the checks of the filter do not hold for it", name))
+			}
+		}
 	}
 }
 

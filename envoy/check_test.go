@@ -144,7 +144,7 @@ func TestChecksNameTheBrokenField(t *testing.T) {
 		// Envoy's load-time rules.
 		{"upstream chain without the codec", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			editOptions(t, clusterNamed(t, bs, "openai"), func(o *httpv3.HttpProtocolOptions) { o.HttpFilters = o.HttpFilters[:1] })
-		}, true, []problem{{openaiOpts + ".http_filters[0]", `ends with "envoy.filters.http.ext_proc"; Envoy requires envoy.filters.http.upstream_codec last`}}},
+		}, true, []problem{{openaiOpts + ".http_filters[0]", `ends with "envoy-keypool"; Envoy requires envoy.filters.http.upstream_codec last`}}},
 		{"codec not last", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			editOptions(t, clusterNamed(t, bs, "openai"), func(o *httpv3.HttpProtocolOptions) {
 				o.HttpFilters[0], o.HttpFilters[1] = o.HttpFilters[1], o.HttpFilters[0]
@@ -342,6 +342,25 @@ func TestChecksNameTheBrokenField(t *testing.T) {
 			{"envoy-keypool config: pools[0]", `pool "openai" has no route`},
 			{`cluster "openai": load_assignment`, `reaches mock-provider, the upstream of pool "openai", "anthropic", "openai-byok", without an envoy-keypool filter`},
 		}},
+		{"route config for another ext_proc filter of the same name", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
+			editOptions(t, clusterNamed(t, bs, "openai"), func(o *httpv3.HttpProtocolOptions) { o.HttpFilters[0].Name = "envoy.filters.http.ext_proc" })
+			editHCM(t, bs, func(h *hcmv3.HttpConnectionManager) {
+				a, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Disabled{Disabled: true}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				openAIRoute(h).TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.ext_proc": a}
+			})
+		}, false, []problem{{openaiRoute + `.typed_per_filter_config["envoy.filters.http.ext_proc"]`, "switches envoy-keypool's filter \"envoy.filters.http.ext_proc\" off"}}},
+		{"envoy-keypool disabled on a virtual host", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
+			editHCM(t, bs, func(h *hcmv3.HttpConnectionManager) {
+				a, err := anypb.New(&routev3.FilterConfig{Disabled: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				h.GetRouteConfig().GetVirtualHosts()[0].TypedPerFilterConfig = map[string]*anypb.Any{envoy.KeypoolFilterName: a}
+			})
+		}, false, []problem{{vhostPath + `.typed_per_filter_config["envoy-keypool"]`, "disables envoy-keypool's filter"}}},
 		{"two envoy-keypool filters in one chain", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			editOptions(t, clusterNamed(t, bs, "openai"), func(o *httpv3.HttpProtocolOptions) {
 				o.HttpFilters = append([]*hcmv3.HttpFilter{o.HttpFilters[0]}, o.HttpFilters...)

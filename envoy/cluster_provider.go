@@ -54,7 +54,7 @@ func providerCluster(cfg *config.Config, p *config.Pool) (c *clusterv3.Cluster, 
 		// The cluster's chain wins over the router's upstream_http_filters and must
 		// end with the upstream codec (upstream_request.cc).
 		HttpFilters: []*hcmv3.HttpFilter{
-			httpFilter(nameExtProc, extProcFilter(cfg, p)),
+			httpFilter(KeypoolFilterName, extProcFilter(cfg, p)),
 			httpFilter(nameUpstreamCodec, &upstreamcodecv3.UpstreamCodec{}),
 		},
 		RetryPolicy: retryPolicy(cfg, p),

@@ -64,7 +64,10 @@
 //
 // # The envoy-keypool filter
 //
-// It names its pool in grpc_service.initial_metadata (key envoy.pool_metadata_key),
+// Named "envoy-keypool" in the cluster's chain (KeypoolFilterName): Envoy applies a
+// route's typed_per_filter_config to upstream filters by name too, and under the
+// conventional envoy.filters.http.ext_proc a route's ExtProcPerRoute meant for another
+// ext_proc filter (disabled: true) would switch envoy-keypool off. It names its pool in grpc_service.initial_metadata (key envoy.pool_metadata_key),
 // sent on every Process() stream: configuration the client cannot touch. Request and
 // response headers SEND, bodies NONE, trailers SKIP: a streamed completion never
 // waits for envoy-keypool. message_timeout 200ms (Envoy's default, written out:

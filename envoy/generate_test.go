@@ -214,7 +214,9 @@ func TestEachPoolFailsOverThroughItsKeys(t *testing.T) {
 			t.Errorf("%s: max_retries %d", c.GetName(), got)
 		}
 		fs := o.GetHttpFilters()
-		if len(fs) != 2 || fs[1].GetName() != "envoy.filters.http.upstream_codec" {
+		// Its own name: a route's per-filter configuration for "envoy.filters.http.ext_proc"
+		// (another ext_proc filter's) does not reach it.
+		if len(fs) != 2 || fs[0].GetName() != envoy.KeypoolFilterName || fs[1].GetName() != "envoy.filters.http.upstream_codec" {
 			t.Fatalf("%s: upstream filters %v", c.GetName(), fs)
 		}
 		ep := &extprocv3.ExternalProcessor{}

@@ -14,14 +14,16 @@ import (
 
 // Type URLs the checks look for.
 const (
-	typeHCM           = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-	typeRouter        = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-	typeUpstreamCodec = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
-	typeHTTPOptions   = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-	typeExtProc       = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-	typeUpstreamTLS   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-	typeWithMatcher   = "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
-	typeJSONToMeta    = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
+	typeHCM             = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+	typeRouter          = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+	typeUpstreamCodec   = "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+	typeHTTPOptions     = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	typeExtProc         = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+	typeUpstreamTLS     = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+	typeWithMatcher     = "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
+	typeJSONToMeta      = "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
+	typeFilterConfig    = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+	typeExtProcPerRoute = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 )
 
 // bootstrapIndex is the part of a bootstrap the checks walk, decoded once, each piece

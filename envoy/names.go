@@ -15,11 +15,18 @@ const (
 	ModelMetadataKey       = "model"
 )
 
+// KeypoolFilterName is the name of the envoy-keypool ext_proc filter in the provider
+// clusters' upstream filters. Envoy looks a route's per-filter configuration up by
+// that name, also for upstream filters (common/http/filter_manager.cc
+// perFilterConfigs): under the conventional "envoy.filters.http.ext_proc", a route's
+// ExtProcPerRoute meant for another ext_proc filter (disabled: true, say) would also
+// switch envoy-keypool off and send requests keyless.
+const KeypoolFilterName = "envoy-keypool"
+
 // Names of the extensions the generated configuration uses, as Envoy registers them.
 const (
 	nameHCM            = "envoy.filters.network.http_connection_manager"
 	nameRouter         = "envoy.filters.http.router"
-	nameExtProc        = "envoy.filters.http.ext_proc"
 	nameUpstreamCodec  = "envoy.filters.http.upstream_codec"
 	nameJSONToMetadata = "envoy.filters.http.json_to_metadata"
 	nameTLS            = "envoy.transport_sockets.tls"
