@@ -52,6 +52,16 @@ type Envoy struct {
 	// client. Default 33554432 (32 MiB, the largest request Anthropic's Messages API
 	// accepts; it covers OpenAI requests with inline images).
 	RequestBodyBufferLimit int64 `yaml:"request_body_buffer_limit"`
+	// ClassifyErrorBodies lets envoy-keypool read the error body of a failure (an
+	// answer with a failure status and a small body) before it decides: quota or rate
+	// limit, Gemini's bad key, the retry delay in the body. The generated ext_proc
+	// filters then allow it to switch the response body to BUFFERED for that answer
+	// (allow_mode_override), and envoy-keypool asks for it; successful and streamed
+	// responses are never held. Set it to false when the Envoy configuration is not
+	// generated and its ext_proc filter has no allow_mode_override: envoy-keypool then
+	// decides on headers alone (an override Envoy ignores would let the failure reach
+	// the client without failover). Default true.
+	ClassifyErrorBodies *bool `yaml:"classify_error_bodies"`
 	// CAFile is the CA bundle Envoy verifies https upstreams with (inside Envoy's
 	// container or host). Default "/etc/ssl/certs/ca-certificates.crt" (Debian and
 	// Ubuntu, the envoyproxy/envoy image included).
@@ -133,6 +143,15 @@ func (e *Envoy) applyDefaults() {
 	setDefault(&e.RouteTimeout, Duration(10*time.Minute))
 	setDefault(&e.RequestBodyBufferLimit, 32<<20)
 	setDefault(&e.CAFile, "/etc/ssl/certs/ca-certificates.crt")
+	if e.ClassifyErrorBodies == nil {
+		on := true
+		e.ClassifyErrorBodies = &on
+	}
+}
+
+// ClassifiesErrorBodies is ClassifyErrorBodies, true when unset.
+func (e *Envoy) ClassifiesErrorBodies() bool {
+	return e.ClassifyErrorBodies == nil || *e.ClassifyErrorBodies
 }
 
 func (e *Envoy) validate(path string) []error {

@@ -229,8 +229,9 @@ func (k *keypoolChecker) checkFilter(f filterEntry) *config.Pool {
 	// override Envoy ignores envoy-keypool's request for it (ext_proc.cc
 	// onReceiveMessage) and the failure is decided on headers alone.
 	switch {
+	case !k.cfg.Envoy.ClassifiesErrorBodies():
 	case !ep.GetAllowModeOverride():
-		k.add(at.f("allow_mode_override").problem("false: envoy-keypool cannot read a failure's error body and tells quota from rate limits by headers alone"))
+		k.add(at.f("allow_mode_override").problem("false, but envoy.classify_error_bodies is on: Envoy ignores envoy-keypool's request for a failure's error body, and that failure reaches the client without failover (set envoy.classify_error_bodies: false to decide on headers alone)"))
 	case ep.GetSendBodyWithoutWaitingForHeaderResponse():
 		k.add(at.f("send_body_without_waiting_for_header_response").problem("true: Envoy then ignores mode_override, and envoy-keypool cannot read a failure's error body"))
 	case len(ep.GetAllowedOverrideModes()) > 0 && !slices.ContainsFunc(ep.GetAllowedOverrideModes(), sameModeAs(FailureBodyMode())):

@@ -307,7 +307,12 @@ func TestChecksNameTheBrokenField(t *testing.T) {
 		}, false, []problem{{openaiFilter + ".message_timeout", "200ms is not above envoy-keypool's state.redis.timeout 250ms"}}},
 		{"mode override not allowed", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			editExtProc(t, clusterNamed(t, bs, "openai"), func(ep *extprocv3.ExternalProcessor) { ep.AllowModeOverride = false })
-		}, false, []problem{{openaiFilter + ".allow_mode_override", "cannot read a failure's error body"}}},
+		}, false, []problem{{openaiFilter + ".allow_mode_override", "reaches the client without failover"}}},
+		{"no mode override, body classification off", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, cfg *config.Config) {
+			off := false
+			cfg.Envoy.ClassifyErrorBodies = &off
+			editExtProc(t, clusterNamed(t, bs, "openai"), func(ep *extprocv3.ExternalProcessor) { ep.AllowModeOverride = false })
+		}, false, nil},
 		{"mode override allowed for other modes only", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			editExtProc(t, clusterNamed(t, bs, "openai"), func(ep *extprocv3.ExternalProcessor) {
 				ep.AllowedOverrideModes[0].ResponseBodyMode = extprocv3.ProcessingMode_STREAMED

@@ -76,7 +76,12 @@
 // see never leaves keyless (the client gets 500 on a broken stream, 504 on a
 // timeout).
 //
-// allow_mode_override true, with allowed_override_modes holding the one mode
+// request_attributes [request.time]: the downstream request's start on the first
+// message of every attempt's stream (the upstream filter evaluates attributes with the
+// downstream stream info), so envoy-keypool times a request from its start.
+//
+// With envoy.classify_error_bodies (default true): allow_mode_override true, with
+// allowed_override_modes holding the one mode
 // envoy-keypool may switch to (FailureBodyMode: the response body BUFFERED): on a
 // failure status envoy-keypool answers the response headers with mode_override to
 // read the error body (quota or rate limit, Gemini's bad key, retryDelay) before it

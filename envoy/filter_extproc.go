@@ -51,11 +51,18 @@ func extProcFilter(cfg *config.Config, p *config.Pool) *extprocv3.ExternalProces
 		// Without envoy-keypool no key is injected: fail the attempt (500 on a broken
 		// stream, 504 on a timeout) rather than send the client's request keyless.
 		FailureModeAllow: false,
+		// The downstream request's start time, on every attempt: the first message of
+		// each stream carries it (ext_proc.cc addAttributes, evaluated with the
+		// upstream filter's stream info, which is the downstream one), so envoy-keypool
+		// measures a request from its start, not from the attempt's.
+		RequestAttributes: []string{"request.time"},
+	}
+	if cfg.Envoy.ClassifiesErrorBodies() {
 		// envoy-keypool may answer a failure's response headers with mode_override to
 		// read its error body (quota or rate limit, Gemini's bad key, retryDelay), and
 		// only with that mode (ext_proc.cc onReceiveMessage, isAllowedOverrideMode).
-		AllowModeOverride:    true,
-		AllowedOverrideModes: []*extprocv3.ProcessingMode{FailureBodyMode()},
+		ep.AllowModeOverride = true
+		ep.AllowedOverrideModes = []*extprocv3.ProcessingMode{FailureBodyMode()}
 	}
 	if bodyNamesModel(p.Provider) {
 		// The model json_to_metadata read from the body, on every headers message of

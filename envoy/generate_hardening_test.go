@@ -249,3 +249,21 @@ func TestKeypoolSettingsRefused(t *testing.T) {
 func readConfigErr(yaml string) (*config.Config, error) {
 	return config.Read(strings.NewReader(yaml), fakeEnv)
 }
+
+// envoy.classify_error_bodies decides whether the filters let envoy-keypool read a
+// failure's error body; every filter sends the request's start time.
+func TestErrorBodiesAndRequestTime(t *testing.T) {
+	for _, tt := range []struct {
+		envoy string
+		allow bool
+	}{{"", true}, {"envoy: {classify_error_bodies: true}\n", true}, {"envoy: {classify_error_bodies: false}\n", false}} {
+		bs := generate(t, tt.envoy+pools(pool("p", "openai", 1, "")))
+		ep := extProcOf(t, clusterIn(t, bs.GetStaticResources().GetClusters(), "p"))
+		if ep.GetAllowModeOverride() != tt.allow || (len(ep.GetAllowedOverrideModes()) == 1) != tt.allow {
+			t.Errorf("%q: allow_mode_override %v, modes %v", tt.envoy, ep.GetAllowModeOverride(), ep.GetAllowedOverrideModes())
+		}
+		if !cmp.Equal(ep.GetRequestAttributes(), []string{"request.time"}) {
+			t.Errorf("request_attributes %v", ep.GetRequestAttributes())
+		}
+	}
+}
