@@ -91,7 +91,9 @@ func providerCluster(cfg *config.Config, p *config.Pool) (c *clusterv3.Cluster, 
 //     fails over at once; Envoy's default of 3 would forward the 429 of the fourth
 //     (upstream_rq_retry_overflow).
 //
-// Past any of them Envoy answers 503 locally at once instead of queueing without bound.
+// Past max_connections a request waits for a connection (pending); past
+// max_pending_requests or max_requests Envoy answers 503 locally at once
+// (common/conn_pool/conn_pool_base.cc), never retried (router.cc onUpstreamReset).
 func providerCircuitBreakers(p *config.Pool) *clusterv3.CircuitBreakers {
 	n := wrapperspb.UInt32(uint32(p.Route.EffectiveMaxConcurrentRequests()))
 	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{

@@ -170,8 +170,10 @@
 //	                          on it fails over at once; Envoy's default of 3 forwards
 //	                          the 429 of the fourth (upstream_rq_retry_overflow)
 //
-// Past any of them Envoy answers 503 at once instead of queueing without bound. The
-// limits are per Envoy process: size N for one Envoy, not the fleet.
+// Past max_connections a request waits for a connection to free up (it is pending);
+// past max_pending_requests or max_requests Envoy answers 503 at once, never retried,
+// instead of queueing without bound. The limits are per Envoy process: size N for one
+// Envoy, not the fleet.
 //
 // # The envoy-keypool cluster
 //
