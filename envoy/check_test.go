@@ -1,6 +1,7 @@
 package envoy_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -134,6 +135,8 @@ type problem struct{ path, msg string }
 // it costs. The compose bootstrap is the base; "example" cases use the shipped
 // envoy/envoy.yaml (https providers).
 func TestChecksNameTheBrokenField(t *testing.T) {
+	// One ext_proc stream per provider request: 1024 per compose pool.
+	streams := fmt.Sprint(1024 * len(loadKeypoolConfig(t, "envoy/compose/keypool.yaml").Pools))
 	tests := []struct {
 		name    string
 		example bool
@@ -345,7 +348,7 @@ func TestChecksNameTheBrokenField(t *testing.T) {
 			editOptions(t, clusterNamed(t, bs, "openai"), func(o *httpv3.HttpProtocolOptions) { o.HttpFilters = o.HttpFilters[1:] })
 		}, false, []problem{
 			{"envoy-keypool config: pools[0]", `pool "openai" has no route`},
-			{`cluster "openai": load_assignment`, `reaches mock-provider, the upstream of pool "openai", "anthropic", "openai-byok", without an envoy-keypool filter`},
+			{`cluster "openai": load_assignment`, `reaches mock-provider, the upstream of pool "openai", "anthropic"`},
 		}},
 		{"route config for another ext_proc filter of the same name", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			editOptions(t, clusterNamed(t, bs, "openai"), func(o *httpv3.HttpProtocolOptions) { o.HttpFilters[0].Name = "envoy.filters.http.ext_proc" })
@@ -402,12 +405,12 @@ func TestChecksNameTheBrokenField(t *testing.T) {
 		{"too few ext_proc streams for the provider requests", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			clusterNamed(t, bs, envoy.KeypoolCluster).CircuitBreakers = nil
 		}, false, []problem{
-			{keypoolPath + ": circuit_breakers.thresholds.max_requests", "1024 is below the 3072 provider requests"},
+			{keypoolPath + ": circuit_breakers.thresholds.max_requests", "1024 is below the " + streams + " provider requests"},
 			{keypoolPath + ": circuit_breakers.thresholds.max_retries", "3 is below max_requests 1024"},
 		}},
 		{"stream retries past Envoy's 3", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			clusterNamed(t, bs, envoy.KeypoolCluster).CircuitBreakers.Thresholds[0].MaxRetries = nil
-		}, false, []problem{{keypoolPath + ": circuit_breakers.thresholds[0].max_retries", "3 is below max_requests 3072"}}},
+		}, false, []problem{{keypoolPath + ": circuit_breakers.thresholds[0].max_retries", "3 is below max_requests " + streams}}},
 		{"connect timeout past message_timeout", false, func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			clusterNamed(t, bs, envoy.KeypoolCluster).ConnectTimeout = durationpb.New(time.Second)
 		}, false, []problem{{keypoolPath + ": connect_timeout", "1s is not below message_timeout 200ms"}}},

@@ -115,8 +115,8 @@ func TestEnvoyConfigFormsOfTheShippedConfig(t *testing.T) {
 			if ec.Version != tt.version {
 				t.Errorf("version %q, want %q", ec.Version, tt.version)
 			}
-			if got := len(ec.Bootstrap.GetStaticResources().GetClusters()); got != 4 {
-				t.Errorf("%d clusters, want 4", got)
+			if got, want := len(ec.Bootstrap.GetStaticResources().GetClusters()), len(cfg.Pools)+1; got != want {
+				t.Errorf("%d clusters, want %d", got, want)
 			}
 			if err := errors.Join(ec.CheckLoad(), ec.CheckKeypool(cfg)); err != nil {
 				t.Errorf("problems in the shipped configuration:\n%v", err)
