@@ -57,7 +57,10 @@ func serve(ctx context.Context, cfg *config.Config, opts serveOptions) error {
 		},
 		Logger:   log.Named("extproc"),
 		LogLevel: logLevel(cfg.Log),
-		Metrics:  extproc.NewMetrics(reg),
+		// The generated Envoy configuration allows the mode override exactly when
+		// this is on (envoy.classify_error_bodies).
+		ClassifyBodies: cfg.Envoy.ClassifiesErrorBodies(),
+		Metrics:        extproc.NewMetrics(reg),
 	})
 	if err != nil {
 		return err
