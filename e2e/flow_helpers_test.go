@@ -24,6 +24,7 @@ type flowOptions struct {
 	replicas int
 	redis    bool
 	pools    []map[string]any
+	envoy    map[string]any // merged into the envoy: section
 }
 
 // startFlowTarget brings up the stack for one test (local only: the compose stack
@@ -40,6 +41,16 @@ func startFlowTarget(t *testing.T, o flowOptions) *target {
 				pools[i] = p
 			}
 			tree["pools"] = pools
+			if o.envoy != nil {
+				e, _ := tree["envoy"].(map[string]any)
+				if e == nil {
+					e = map[string]any{}
+				}
+				for k, v := range o.envoy {
+					e[k] = v
+				}
+				tree["envoy"] = e
+			}
 			if os.Getenv("KEYPOOL_E2E_DEBUG") != "" {
 				tree["log"] = map[string]any{"level": "debug", "format": "json"}
 			}
