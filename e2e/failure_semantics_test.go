@@ -106,13 +106,15 @@ func TestRateLimitCoolsForItsRetryAfter(t *testing.T) {
 		t.Fatalf("client got %d %s, want key 3's answer", got.status, got.body)
 	}
 	for i := range tg.adminURLs {
+		// The generated Envoy configuration reads the model from the JSON body: a rate
+		// limit cools the key for that model.
 		waitFor(t, fmt.Sprintf("replica %d to see keys 1 and 2 cooling", i+1), 5*time.Second, func() bool {
 			ks := tg.flowKeys(t, i, "sem")
-			return ks[0].Phase == "cooling" && ks[1].Phase == "cooling"
+			return ks[0].scope("gpt-4o-mini").Phase == "cooling" && ks[1].scope("gpt-4o-mini").Phase == "cooling"
 		})
 		for _, k := range tg.flowKeys(t, i, "sem")[:2] {
-			if k.Reason != "rate_limited" || k.Remaining > 45 || k.Remaining < 40 {
-				t.Errorf("replica %d: %s is %+v, want cooling 45s for rate_limited", i+1, k.ID, k)
+			if sc := k.scope("gpt-4o-mini"); sc.Reason != "rate_limited" || sc.Remaining > 45 || sc.Remaining < 40 {
+				t.Errorf("replica %d: %s is %+v, want cooling 45s for rate_limited", i+1, k.ID, sc)
 			}
 		}
 	}
@@ -140,7 +142,7 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 			tg.chatRequest(t, "half", "gpt-4o-mini", "Bearer "+placeholderKey)
 			for i := range tg.adminURLs {
 				waitFor(t, fmt.Sprintf("replica %d to see key 1 cooling", i+1), 5*time.Second, func() bool {
-					return tg.flowKeys(t, i, "half")[0].Phase == "cooling"
+					return tg.flowKeys(t, i, "half")[0].scope("gpt-4o-mini").Phase == "cooling"
 				})
 			}
 			// The probe's answer takes a while, so that requests pile up behind it.
@@ -151,7 +153,7 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 			}
 			tg.programKey(t, "half", 0, next)
 			waitFor(t, "key 1's cooldown to end", 5*time.Second, func() bool {
-				return tg.flowKeys(t, 0, "half")[0].Phase == "probing"
+				return tg.flowKeys(t, 0, "half")[0].scope("gpt-4o-mini").Phase == "probing"
 			})
 			tg.clearRequests(t)
 
@@ -202,8 +204,8 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 				}
 				return
 			}
-			if k.Phase != "cooling" || k.Span != 4 {
-				t.Fatalf("after the probe failed key 1 is %+v, want cooling for 4s (twice 2s)", k)
+			if sc := k.scope("gpt-4o-mini"); sc.Phase != "cooling" || sc.Span != 4 {
+				t.Fatalf("after the probe failed key 1 is %+v, want cooling for 4s (twice 2s)", sc)
 			}
 		})
 	}
@@ -222,8 +224,8 @@ func TestHeadroomSteersAwayBeforeThe429(t *testing.T) {
 	}
 	for i := range tg.adminURLs {
 		waitFor(t, fmt.Sprintf("replica %d to take key 1 out", i+1), 5*time.Second, func() bool {
-			k := tg.flowKeys(t, i, "head")[0]
-			return k.Phase == "cooling" && k.Reason == "depleted"
+			sc := tg.flowKeys(t, i, "head")[0].scope("gpt-4o-mini")
+			return sc.Phase == "cooling" && sc.Reason == "depleted"
 		})
 	}
 	// Key 1 would now answer 429, as a spent key does: nobody may pay for it.

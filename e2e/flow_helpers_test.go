@@ -201,9 +201,30 @@ type flowKey struct {
 	Reason    string  `json:"reason"`
 	Remaining float64 `json:"cooling_seconds_remaining"`
 	Span      float64 `json:"cooldown_seconds"`
-	Models    []struct {
-		Model, Phase, Reason string
-	} `json:"models"`
+	Models    []flowScope `json:"models"`
+}
+
+// flowScope is a key's state for one model.
+type flowScope struct {
+	Model     string  `json:"model"`
+	Phase     string  `json:"phase"`
+	Reason    string  `json:"reason"`
+	Remaining float64 `json:"cooling_seconds_remaining"`
+	Span      float64 `json:"cooldown_seconds"`
+}
+
+// scope is k's state for model: the key-wide state when it cools the key, else
+// the model's own; the zero flowScope (available) when neither holds it back.
+func (k flowKey) scope(model string) flowScope {
+	if k.Phase != "available" {
+		return flowScope{Phase: k.Phase, Reason: k.Reason, Remaining: k.Remaining, Span: k.Span}
+	}
+	for _, m := range k.Models {
+		if m.Model == model {
+			return m
+		}
+	}
+	return flowScope{Phase: "available"}
 }
 
 // flowKeys is pool's keys as replica i sees them, in priority order.
