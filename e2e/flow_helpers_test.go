@@ -195,12 +195,12 @@ func (tg *target) clearRequests(t *testing.T) {
 
 // flowKey is one key as the admin API lists it, with the fields these tests read.
 type flowKey struct {
-	ID        string  `json:"id"`
-	Available bool    `json:"available"`
-	Phase     string  `json:"phase"`
-	Reason    string  `json:"reason"`
-	Remaining float64 `json:"cooling_seconds_remaining"`
-	Span      float64 `json:"cooldown_seconds"`
+	ID        string      `json:"id"`
+	Available bool        `json:"available"`
+	Phase     string      `json:"phase"`
+	Reason    string      `json:"reason"`
+	Remaining float64     `json:"cooling_seconds_remaining"`
+	Span      float64     `json:"cooldown_seconds"`
 	Models    []flowScope `json:"models"`
 }
 
