@@ -1,9 +1,11 @@
 package extproc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"cdr.dev/slog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -80,6 +82,13 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 			m.RemoveHeaders = append(m.RemoveHeaders, name)
 		}
 	}
+	if pathMayCarryKey(h) {
+		// A client key in the query string (Gemini's ?key=) goes too; an upstream
+		// ext_proc may set :path (ENVOY.md, mutation_utils.cc).
+		if path, stripped := t.Provider.StripPathCredential(h.Get(":path")); stripped {
+			m.SetHeaders = append(m.SetHeaders, setHeader(":path", path))
+		}
+	}
 	return continueRequestHeaders(m)
 }
 
@@ -152,4 +161,20 @@ func (a *attempt) unknownPool(ctx context.Context) *extprocv3.ProcessingResponse
 
 func (a *attempt) logger() slog.Logger {
 	return a.server.log.With(slog.F("request_id", a.id.RequestID))
+}
+
+// pathMayCarryKey reports whether :path has a query with "key" in it, reading the
+// value without the copy headerView.Get makes, so that most requests pay nothing for
+// the ?key= check.
+func pathMayCarryKey(h headerView) bool {
+	for _, hv := range h.headers {
+		if hv.GetKey() == ":path" {
+			raw := hv.GetRawValue()
+			if len(raw) == 0 {
+				return strings.Contains(hv.GetValue(), "key")
+			}
+			return bytes.Contains(raw, []byte("key"))
+		}
+	}
+	return false
 }
