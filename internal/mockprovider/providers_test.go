@@ -88,6 +88,27 @@ func TestGeminiReadsAQueryKeyAndAnswersWithoutOne(t *testing.T) {
 	if status != 403 || json.Unmarshal([]byte(got), &e) != nil || e.Error.Status != "PERMISSION_DENIED" {
 		t.Errorf("keyless request: status %d body %s, want Gemini's 403 PERMISSION_DENIED", status, got)
 	}
+	// Without alt=sse a stream is one JSON array of responses.
+	status, _, got = post(t, srv, "/v1beta/models/gemini-2.0-flash:streamGenerateContent?key=k", body, nil)
+	var chunks []struct {
+		Candidates []struct {
+			Content struct {
+				Parts []struct {
+					Text string `json:"text"`
+				} `json:"parts"`
+			} `json:"content"`
+		} `json:"candidates"`
+	}
+	if err := json.Unmarshal([]byte(got), &chunks); status != 200 || err != nil || len(chunks) < 2 {
+		t.Fatalf("stream without alt=sse: status %d, %d chunks, %v", status, len(chunks), err)
+	}
+	var text strings.Builder
+	for _, c := range chunks {
+		text.WriteString(c.Candidates[0].Content.Parts[0].Text)
+	}
+	if text.String() != mockprovider.ReplyText {
+		t.Errorf("JSON-array stream text %q, want %q", text.String(), mockprovider.ReplyText)
+	}
 	recs := mock.Requests()
 	if recs[0].Key != "test-query-key" || recs[0].QueryKey != "test-query-key" || recs[0].Query != "key=test-query-key&alt=json" {
 		t.Errorf("?key= record = %+v", recs[0])
