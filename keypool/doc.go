@@ -36,7 +36,8 @@
 // set it.
 //
 // When a cooldown ends the scope is probed: one request at a time, across replicas,
-// holds a lease (30s by default) and tries the key while the others skip it. A
+// holds a lease (30s by default) and tries the key while the others skip it; first
+// attempts probe, a retry only when no other key can serve it. A
 // healthy answer returns the scope to service and forgets its doubling; a failure
 // whose action cools or corroborates cools it again at once for twice its last
 // span, capped at the reason's max and never shorter than the provider's hint; any

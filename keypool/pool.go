@@ -240,9 +240,18 @@ func (p *Pool) Pick(ctx context.Context, a Attempt) (Pick, error) {
 			}
 		}
 	}
+	// A retry leaves probes to first attempts while another key can serve it: it
+	// has read its tried set already, and a probe would be a second round trip in
+	// the same ext_proc message.
+	var deferInline [4]int32
+	deferred := deferInline[:0]
 	for {
 		sel := p.currentIndex(t).selector(model)
-		k, ok := sel.choose(p, excluded)
+		k, ok := sel.choose(p, append(excluded, deferred...))
+		if !ok && len(deferred) > 0 {
+			deferred = nil // only keys to probe are left: probe one
+			continue
+		}
 		if !ok {
 			err := sel.exhausted(p, t, model)
 			if !a.first() {
@@ -251,10 +260,16 @@ func (p *Pool) Pick(ctx context.Context, a Attempt) (Pick, error) {
 			return Pick{}, err
 		}
 		pk := Pick{Key: p.keys[k], index: k, model: model, steered: p.layout.tierOf[k] >= sel.depletedTier}
-		if sel.flags[k]&probeFlags == 0 || p.acquireProbes(ctx, &pk, sel.flags[k]) {
+		switch {
+		case sel.flags[k]&probeFlags == 0:
 			return pk, nil
+		case !a.first() && deferred != nil:
+			deferred = exclude(deferred, k)
+		case p.acquireProbes(ctx, &pk, sel.flags[k]):
+			return pk, nil
+		default:
+			excluded = exclude(excluded, k) // another request probes it
 		}
-		excluded = exclude(excluded, k) // another request probes it
 	}
 }
 

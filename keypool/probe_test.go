@@ -179,3 +179,39 @@ func TestProbeRetiresWithoutTraffic(t *testing.T) {
 		t.Errorf("a minute after the cooldown ended unprobed: %s probing %v, want k1 in service", pk.ID(), pk.Probing())
 	}
 }
+
+// TestRetriesLeaveProbesToFirstAttempts: a retry takes a key known to serve when
+// there is one (a probe would be a second round trip in its ext_proc message), and
+// probes only when nothing else is left.
+func TestRetriesLeaveProbesToFirstAttempts(t *testing.T) {
+	for _, tt := range []struct {
+		keys      int
+		class     keypool.Class // attempt 1's failure on k2
+		wantRetry string
+		wantProbe bool
+	}{
+		{3, keypool.ClassRequestTooLarge, "k3", false},
+		{2, keypool.ClassRateLimited, "k1", true}, // k2 cools: only k1's probe is left
+	} {
+		h := newHarness(t, tt.keys)
+		a := attempt("cool", 1)
+		h.fail(a, h.pick(a), keypool.ClassRateLimited, 5*time.Second)
+		first := attempt("r", 1)
+		if pk := h.pick(first); pk.ID() != "k2" {
+			t.Fatalf("%d keys: attempt 1 got %s, want k2", tt.keys, pk.ID())
+		} else {
+			h.fail(first, pk, tt.class, time.Hour)
+		}
+		h.clock.Advance(5 * time.Second) // k1 waits for its probe; r's tried set (10s) holds
+		retry := h.pick(attempt("r", 2))
+		if retry.ID() != tt.wantRetry || retry.Probing() != tt.wantProbe {
+			t.Errorf("%d keys: the retry got %s probing %v, want %s probing %v",
+				tt.keys, retry.ID(), retry.Probing(), tt.wantRetry, tt.wantProbe)
+		}
+		if !tt.wantProbe {
+			if pk := h.pick(attempt("new", 1)); pk.ID() != "k1" || !pk.Probing() {
+				t.Errorf("%d keys: a first attempt got %s probing %v, want the probe of k1", tt.keys, pk.ID(), pk.Probing())
+			}
+		}
+	}
+}

@@ -65,7 +65,7 @@ var presets = []Preset{
 		Docs:     "console.groq.com/docs/rate-limits: x-ratelimit-{limit,remaining,reset}-{requests,tokens}, resets as durations (\"2m59.56s\"), retry-after on 429; 498 flex capacity",
 		requests: openAILimits[:1], tokens: openAILimits[1:], overloaded: []int{498}},
 	{Name: "mistral", Upstream: "https://api.mistral.ai", BasePath: "/v1",
-		Docs:     "x-ratelimit-{limit,remaining}-{requests,tokens} per workspace, Retry-After on 429; 402 payment required",
+		Docs:     "limits per workspace; headers as OpenAI names them where sent (not listed in Mistral's own pages: read only when present), Retry-After on 429; 402 payment required",
 		requests: openAILimits[:1], tokens: openAILimits[1:]},
 	{Name: "deepseek", Upstream: "https://api.deepseek.com", BasePath: "/v1",
 		Docs: "api-docs.deepseek.com/quick_start/error_codes: 402 Insufficient Balance, 429 Rate Limit Reached, 503 overloaded; no rate-limit headers"},

@@ -226,3 +226,14 @@ func TestBuild(t *testing.T) {
 		t.Errorf("unknown preset: err = %v", err)
 	}
 }
+
+// TestStripPathCredentialAllocatesNothingWithoutAKey: it runs on every request.
+func TestStripPathCredentialAllocatesNothingWithoutAKey(t *testing.T) {
+	for _, path := range []string{"/v1/chat/completions", "/v1beta/models/m:streamGenerateContent?alt=sse&keys=1&monkey=2"} {
+		for _, p := range allProviders(t) {
+			if allocs := testing.AllocsPerRun(100, func() { p.StripPathCredential(path) }); allocs != 0 {
+				t.Errorf("%s: StripPathCredential(%q) allocates %.0f times", p.Name(), path, allocs)
+			}
+		}
+	}
+}

@@ -58,10 +58,13 @@ func (anthropicAPI) defaultError(status int) apiError {
 }
 
 // failure follows Anthropic's documented errors (docs.claude.com/en/api/errors).
-func (a anthropicAPI) failure(name string, _ chatRequest, _ time.Duration) (int, apiError) {
+func (a anthropicAPI) failure(name string, _ chatRequest, retryDelay time.Duration) (int, apiError) {
 	switch name {
 	case FailureRateLimited:
-		return http.StatusTooManyRequests, a.defaultError(http.StatusTooManyRequests)
+		// Anthropic sends retry-after with every 429.
+		e := a.defaultError(http.StatusTooManyRequests)
+		e.RetryAfter = max(retryDelay, time.Second)
+		return http.StatusTooManyRequests, e
 	case FailureQuota:
 		return http.StatusBadRequest, apiError{Type: "invalid_request_error",
 			Message: "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}

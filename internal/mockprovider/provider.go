@@ -58,6 +58,9 @@ type apiError struct {
 	QuotaID string
 	// Model is the model a Gemini QuotaFailure names.
 	Model string
+	// RetryAfter is sent as a Retry-After header (whole seconds) unless the
+	// behaviour's headers set one; zero sends none.
+	RetryAfter time.Duration
 }
 
 // chatRequest is what the mock reads of a request body (and, for some providers, its
@@ -155,6 +158,9 @@ func (s *Server) providerHandler(api providerAPI) http.HandlerFunc {
 // answerError records rec with status, then writes the provider's error, or b's raw
 // body, padded to b's BodySize.
 func (s *Server) answerError(w http.ResponseWriter, api providerAPI, rec Request, status int, e apiError, b Behavior) {
+	if e.RetryAfter > 0 && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10))
+	}
 	rec.Status = status
 	s.record(rec)
 	data := []byte(b.Body)
