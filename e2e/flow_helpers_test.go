@@ -267,3 +267,23 @@ func (tg *target) programKey(t *testing.T, pool string, i int, b mockprovider.Be
 }
 
 func sameInts(a, b []int) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
+
+// waitKeyNotCooling waits until no replica has key index i of pool cooling, for
+// any model.
+func (tg *target) waitKeyNotCooling(t *testing.T, pool string, i int) {
+	t.Helper()
+	for r := range tg.adminURLs {
+		waitFor(t, fmt.Sprintf("replica %d to end %s's cooldowns", r+1, tg.keys[pool][i].ID), 10*time.Second, func() bool {
+			k := tg.flowKeys(t, r, pool)[i]
+			if k.Phase == "cooling" {
+				return false
+			}
+			for _, m := range k.Models {
+				if m.Phase == "cooling" {
+					return false
+				}
+			}
+			return true
+		})
+	}
+}
