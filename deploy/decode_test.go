@@ -86,6 +86,9 @@ func decodeAll(data []byte) ([]object, error) {
 		if err != nil {
 			return nil, fmt.Errorf("document %d: %w", i, err)
 		}
+		if len(node.Content) == 0 || (node.Content[0].Kind == yamlv3.ScalarNode && node.Content[0].Tag == "!!null") {
+			continue // an empty document, or one of comments only
+		}
 		doc, err := yamlv3.Marshal(&node)
 		if err != nil {
 			return nil, fmt.Errorf("document %d: %w", i, err)

@@ -254,33 +254,46 @@ func (w *workload) volumeSource(dir string) (corev1.VolumeSource, error) {
 // rendered with the manifests, or one the user provides (named by a projected
 // volume, as the chart's key references are).
 func (w *workload) secretFileSource(p string) error {
-	src, err := w.volumeSource(path.Dir(p))
+	src, rel, err := w.volumeUnder(p)
 	if err != nil {
 		return fmt.Errorf("secret file %s: %w", p, err)
 	}
-	name := path.Base(p)
 	switch {
 	case src.Secret != nil:
+		key := rel
 		for _, it := range src.Secret.Items {
-			if it.Path == name {
-				name = it.Key
+			if it.Path == rel {
+				key = it.Key
 			}
 		}
-		return w.secretHasKey(src.Secret.SecretName, name, p)
+		return w.secretHasKey(src.Secret.SecretName, key, p)
 	case src.Projected != nil:
 		for _, s := range src.Projected.Sources {
 			if s.Secret == nil {
 				continue
 			}
 			for _, it := range s.Secret.Items {
-				if it.Path == path.Base(p) {
+				if it.Path == rel {
 					return w.secretHasKey(s.Secret.Name, it.Key, p)
 				}
 			}
 		}
-		return fmt.Errorf("secret file %s: no projected Secret item has path %s", p, path.Base(p))
+		return fmt.Errorf("secret file %s: no projected Secret item has path %s", p, rel)
 	}
-	return fmt.Errorf("secret file %s: %s is not mounted from a Secret", p, path.Dir(p))
+	return fmt.Errorf("secret file %s is not mounted from a Secret", p)
+}
+
+// volumeUnder is the volume whose mount holds the file p, and p's path inside it.
+func (w *workload) volumeUnder(p string) (corev1.VolumeSource, string, error) {
+	for _, m := range w.container.VolumeMounts {
+		rel, ok := strings.CutPrefix(path.Clean(p), path.Clean(m.MountPath)+"/")
+		if !ok {
+			continue
+		}
+		src, err := w.volumeSource(m.MountPath)
+		return src, rel, err
+	}
+	return corev1.VolumeSource{}, "", fmt.Errorf("nothing is mounted above %s", p)
 }
 
 // secretHasKey checks a rendered Secret; a Secret that is not rendered is the user's.
