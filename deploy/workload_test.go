@@ -163,6 +163,9 @@ func checkWorkload(t *testing.T, objs []object) *workload {
 			t.Errorf("maxUnavailable %v with %d replicas: want at least 1 (drains can proceed) and below the replica count", mu, replicas)
 		}
 	})
+	t.Run("only labelled clients reach the ext_proc port", func(t *testing.T) {
+		checkExtProcIngress(t, objs, pod.Labels, listenPort(t, w.cfg.Listen.GRPC))
+	})
 	t.Run("the configuration generates a valid Envoy configuration", func(t *testing.T) {
 		bs, err := envoy.Generate(w.cfg)
 		if err != nil {
@@ -458,4 +461,60 @@ func ptrValue[T any](p *T, def T) T {
 		return def
 	}
 	return *p
+}
+
+// checkExtProcIngress: whoever opens an ext_proc stream gets a key, so a
+// NetworkPolicy admits to the ext_proc port only pods carrying the client label.
+func checkExtProcIngress(t *testing.T, objs []object, podLabels map[string]string, port int32) {
+	t.Helper()
+	client := labels.Set{"envoy-keypool/client": "true"}
+	stranger := labels.Set{"app": "anything"}
+	var found bool
+	for _, np := range find[*networkingv1.NetworkPolicy](objs) {
+		sel, err := metav1AsSelector(&np.Spec.PodSelector)
+		if err != nil || !sel.Matches(labels.Set(podLabels)) {
+			continue
+		}
+		found = true
+		admitted := func(peer labels.Set) bool {
+			for _, rule := range np.Spec.Ingress {
+				if !ruleHasPort(rule, port) {
+					continue
+				}
+				if len(rule.From) == 0 {
+					return true
+				}
+				for _, from := range rule.From {
+					if from.PodSelector == nil {
+						return true // a namespace or IP block admits every pod in it
+					}
+					if s, err := metav1AsSelector(from.PodSelector); err == nil && s.Matches(peer) {
+						return true
+					}
+				}
+			}
+			return false
+		}
+		if !admitted(client) {
+			t.Errorf("NetworkPolicy %s shuts out pods labelled %v from port %d", np.Name, client, port)
+		}
+		if admitted(stranger) {
+			t.Errorf("NetworkPolicy %s lets any pod open ext_proc streams on port %d, and get keys", np.Name, port)
+		}
+	}
+	if !found {
+		t.Error("no NetworkPolicy selects the envoy-keypool pods: any pod can open an ext_proc stream and get a key")
+	}
+}
+
+func ruleHasPort(rule networkingv1.NetworkPolicyIngressRule, port int32) bool {
+	if len(rule.Ports) == 0 {
+		return true
+	}
+	for _, p := range rule.Ports {
+		if p.Port == nil || p.Port.IntVal == port {
+			return true
+		}
+	}
+	return false
 }
