@@ -27,7 +27,7 @@ const (
 	metricsFile = "grafana/metrics.txt"
 )
 
-var update = flag.Bool("update", false, "rewrite "+metricsFile+" from the dashboard")
+var update = flag.Bool("update", false, "rewrite the generated files: "+metricsFile+" from the dashboard, the examples' Envoy fragments from the generator")
 
 // grafanaDashboard is the part of the dashboard JSON these tests walk.
 type grafanaDashboard struct {

@@ -60,7 +60,7 @@ func TestEnvoyGatewayExample(t *testing.T) {
 	applyEnvoyPatchPolicy(t, bs, epp)
 	provider := clusterNamed(t, bs, "httproute/default/openai/rule/0")
 	t.Run("the provider cluster carries the generated pieces", func(t *testing.T) {
-		checkSamePieces(t, cfg, provider)
+		checkSamePieces(t, cfg, bs, provider)
 	})
 	t.Run("the gateway configuration passes envoy's checks", func(t *testing.T) {
 		checkModel(t, bs, cfg, nil)
@@ -98,7 +98,7 @@ func TestAIGatewayExample(t *testing.T) {
 	provider := clusterNamed(t, bs, "httproute/default/openai/rule/0")
 
 	t.Run("the provider cluster carries the generated pieces", func(t *testing.T) {
-		checkSamePieces(t, cfg, provider)
+		checkSamePieces(t, cfg, bs, provider)
 	})
 	t.Run("the gateway configuration passes envoy's checks before AI Gateway's hook", func(t *testing.T) {
 		checkModel(t, bs, cfg, nil)
@@ -112,7 +112,8 @@ func TestAIGatewayExample(t *testing.T) {
 		for _, f := range httpOptions(t, provider).GetHttpFilters() {
 			names = append(names, f.GetName())
 		}
-		want := []string{"envoy.filters.http.ext_proc", "envoy.filters.http.ext_proc/aigateway", "envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec"}
+		keypoolFilter := httpOptions(t, provider).GetHttpFilters()[0].GetName()
+		want := []string{keypoolFilter, "envoy.filters.http.ext_proc/aigateway", "envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec"}
 		if fmt.Sprint(names) != fmt.Sprint(want) {
 			t.Errorf("upstream filters %v, want %v: envoy-keypool must inject the key before AI Gateway's filter runs and read the status after it", names, want)
 		}

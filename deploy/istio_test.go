@@ -68,7 +68,7 @@ func TestIstioExample(t *testing.T) {
 	provider := clusterNamed(t, bs, "outbound|80||api.openai.com")
 
 	t.Run("the provider cluster carries the generated pieces", func(t *testing.T) {
-		checkSamePieces(t, cfg, provider)
+		checkSamePieces(t, cfg, bs, provider)
 	})
 	t.Run("the sidecar configuration passes envoy's checks", func(t *testing.T) {
 		checkModel(t, bs, cfg, map[string]string{

@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -48,25 +46,6 @@ func examplePool(t *testing.T) *config.Config {
 	return cfg
 }
 
-// generatedPieces are the per-cluster pieces `envoy-keypool envoy-config` generates
-// for a pool: its ext_proc filter and its retry policy.
-func generatedPieces(t *testing.T, cfg *config.Config, pool string) (*extprocv3.ExternalProcessor, *routev3.RetryPolicy) {
-	t.Helper()
-	bs, err := envoy.Generate(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range bs.GetStaticResources().GetClusters() {
-		if c.GetName() != pool {
-			continue
-		}
-		opts := httpOptions(t, c)
-		return extProcOf(t, opts), opts.GetRetryPolicy()
-	}
-	t.Fatalf("the generated configuration has no cluster %q", pool)
-	return nil, nil
-}
-
 func httpOptions(t *testing.T, c *clusterv3.Cluster) *httpv3.HttpProtocolOptions {
 	t.Helper()
 	a, ok := c.GetTypedExtensionProtocolOptions()[keyHTTPOptions]
@@ -80,36 +59,24 @@ func httpOptions(t *testing.T, c *clusterv3.Cluster) *httpv3.HttpProtocolOptions
 	return opts
 }
 
-// extProcOf is the envoy-keypool filter of an upstream chain: the ext_proc filter
-// whose initial metadata names a pool.
-func extProcOf(t *testing.T, opts *httpv3.HttpProtocolOptions) *extprocv3.ExternalProcessor {
-	t.Helper()
-	for _, f := range opts.GetHttpFilters() {
-		ep := &extprocv3.ExternalProcessor{}
-		if f.GetTypedConfig().UnmarshalTo(ep) != nil {
-			continue
-		}
-		for _, md := range ep.GetGrpcService().GetInitialMetadata() {
-			if md.GetKey() == "x-keypool-pool" {
-				return ep
-			}
-		}
-	}
-	t.Fatal("no envoy-keypool ext_proc filter in the upstream chain")
-	return nil
-}
-
 // checkSamePieces: the example's provider cluster carries exactly what the generator
-// writes for the pool, so that a change to the generator that the examples miss fails.
-func checkSamePieces(t *testing.T, cfg *config.Config, c *clusterv3.Cluster) {
+// writes for the pool (its upstream filters, retry policy and connection settings;
+// the protocol choice may stay the gateway's), and its envoy_keypool cluster is the
+// generated one, so that a change to the generator that the examples miss fails.
+func checkSamePieces(t *testing.T, cfg *config.Config, bs *bootstrapv3.Bootstrap, c *clusterv3.Cluster) {
 	t.Helper()
-	wantEP, wantRetry := generatedPieces(t, cfg, cfg.Pools[0].Name)
-	opts := httpOptions(t, c)
-	if d := cmp.Diff(wantEP, extProcOf(t, opts), protocmp.Transform()); d != "" {
-		t.Errorf("cluster %s: the envoy-keypool filter differs from the generated one (-generated +example):\n%s", c.GetName(), d)
+	gen, err := envoy.Generate(cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if d := cmp.Diff(wantRetry, opts.GetRetryPolicy(), protocmp.Transform()); d != "" {
-		t.Errorf("cluster %s: the retry policy differs from the generated one (-generated +example):\n%s", c.GetName(), d)
+	want := httpOptions(t, clusterNamed(t, gen, cfg.Pools[0].Name))
+	got := httpOptions(t, c)
+	ignoreProtocol := protocmp.IgnoreOneofs(&httpv3.HttpProtocolOptions{}, "upstream_protocol_options")
+	if d := cmp.Diff(want, got, protocmp.Transform(), ignoreProtocol); d != "" {
+		t.Errorf("cluster %s: the HttpProtocolOptions differ from the generated ones (-generated +example):\n%s", c.GetName(), d)
+	}
+	if d := cmp.Diff(clusterNamed(t, gen, envoy.KeypoolCluster), clusterNamed(t, bs, envoy.KeypoolCluster), protocmp.Transform()); d != "" {
+		t.Errorf("the envoy_keypool cluster differs from the generated one (-generated +example):\n%s", d)
 	}
 }
 
@@ -197,4 +164,3 @@ func requestIDFromEnvoy(vh *routev3.VirtualHost) bool {
 	return false
 }
 
-func describe(m proto.Message) string { return fmt.Sprintf("%T", m) }
