@@ -30,7 +30,8 @@ const dashboardMetricsFile = repoRoot + "/deploy/grafana/metrics.txt"
 
 // TestDashboardQueriesOnlyWhatTheBinaryExports makes every kind of event the
 // dashboard shows happen on the real binary (a failover, an exhaustion, a BYOK
-// request, a malformed ext_proc message, a Redis outage and its end), then checks
+// request, an operator's disable, a probe of a key whose cooldown ended, a
+// malformed ext_proc message, a Redis outage and its end), then checks
 // that every metric the dashboard queries is in the replicas' /metrics, with every
 // label the dashboard groups by: a panel never stays empty because a name changed.
 func TestDashboardQueriesOnlyWhatTheBinaryExports(t *testing.T) {
@@ -57,11 +58,29 @@ func TestDashboardQueriesOnlyWhatTheBinaryExports(t *testing.T) {
 	if _, err := openaiChat("openai-byok", "client-own-openai-key-0123456789", false)(ctx, tg); err != nil {
 		t.Fatalf("BYOK: %v", err)
 	}
+	// An operator takes the last OpenAI key out: a key-wide cooldown.
+	last := tg.keys["openai"][len(tg.keys["openai"])-1]
+	tg.adminPost(t, 0, "/v1/pools/openai/keys/"+last.ID+"/disable")
+	// A probe: the third key is rate limited for a second, then answers again; the
+	// first request after its cooldown probes it.
+	tg.program(t, "openai", 2, mockprovider.Behavior{Status: 429, Headers: map[string]string{"Retry-After": "1"}})
+	tg.program(t, "openai", 1, mockprovider.Behavior{Status: 429, Headers: map[string]string{"Retry-After": "120"}})
+	if _, err := openaiChat("openai", placeholderKey, false)(ctx, tg); err != nil {
+		t.Fatalf("failover to the fourth key: %v", err)
+	}
+	if err := tg.mock.ClearBehavior(ctx, tg.keyValue("openai", 2)); err != nil {
+		t.Fatal(err)
+	}
+	// Not fatal: a binary that never probes is reported with the other gaps below.
+	pollUntil(10*time.Second, func() bool {
+		_, _ = openaiChat("openai", placeholderKey, false)(ctx, tg)
+		return scrapeAll(t, tg).has("envoy_keypool_probes_total", []string{"result"}) == nil
+	})
 	// A malformed message: response headers on a stream that sent no request headers.
 	sendOutOfPlaceMessage(t, ctx, tg.local.Replicas[0].GRPCAddr)
 	// A Redis outage while a key fails (a mark that cannot reach Redis), then its end.
 	tg.killRedis(t)
-	tg.program(t, "openai", 1, mockprovider.Behavior{Status: 429, Headers: map[string]string{"Retry-After": "120"}})
+	tg.program(t, "openai", 2, mockprovider.Behavior{Status: 429, Headers: map[string]string{"Retry-After": "120"}})
 	for range 2 { // both replicas see the failure, whichever the stand-in picks
 		_, _ = openaiChat("openai", placeholderKey, false)(ctx, tg)
 	}
@@ -73,9 +92,7 @@ func TestDashboardQueriesOnlyWhatTheBinaryExports(t *testing.T) {
 	// Metrics are read at scrape time; the deadline only covers the replicas'
 	// background work (resync after Redis returned).
 	var missing []string
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for deadline := time.Now().Add(10 * time.Second); ; <-tick.C {
+	pollUntil(10*time.Second, func() bool {
 		got := scrapeAll(t, tg)
 		missing = missing[:0]
 		for _, m := range want {
@@ -83,12 +100,41 @@ func TestDashboardQueriesOnlyWhatTheBinaryExports(t *testing.T) {
 				missing = append(missing, err.Error())
 			}
 		}
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-	}
+		return len(missing) == 0
+	})
 	if len(missing) > 0 {
 		t.Fatalf("the dashboard queries what /metrics lacks:\n%s", strings.Join(missing, "\n"))
+	}
+}
+
+// pollUntil checks cond every 100ms until it holds or d has passed, and reports
+// whether it held.
+func pollUntil(d time.Duration, cond func() bool) bool {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(d); !cond(); <-tick.C {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// adminPost calls replica i's admin API with the admin token.
+func (tg *target) adminPost(t *testing.T, i int, path string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(testCtx(t), http.MethodPost, tg.adminURLs[i]+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tg.adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("POST %s: %s", path, resp.Status)
 	}
 }
 
