@@ -11,8 +11,11 @@ import (
 	"testing"
 
 	"github.com/grafana/grafana-foundation-sdk/go/cog"
-	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
+	"github.com/grafana/grafana-foundation-sdk/go/prometheus"
+	"github.com/grafana/grafana-foundation-sdk/go/stat"
+	"github.com/grafana/grafana-foundation-sdk/go/statetimeline"
+	"github.com/grafana/grafana-foundation-sdk/go/timeseries"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 )
@@ -73,7 +76,13 @@ var grafanaVariables = strings.NewReplacer("$__rate_interval", "5m", "$pool", ".
 func TestDashboardIsAValidGrafanaDashboard(t *testing.T) {
 	raw, d := loadDashboard(t)
 	t.Run("it decodes strictly into Grafana's dashboard schema", func(t *testing.T) {
-		plugins.RegisterDefaultPlugins()
+		// The panel and query kinds the dashboard uses; a panel of another kind fails
+		// to decode until it is registered here.
+		rt := cog.NewRuntime()
+		rt.RegisterPanelcfgVariant(stat.VariantConfig())
+		rt.RegisterPanelcfgVariant(statetimeline.VariantConfig())
+		rt.RegisterPanelcfgVariant(timeseries.VariantConfig())
+		rt.RegisterDataqueryVariant(prometheus.VariantConfig())
 		var sdk dashboard.Dashboard
 		err := sdk.UnmarshalJSONStrict(raw)
 		// v0.0.22 returns an empty cog.BuildErrors as a non-nil error on success.
