@@ -163,4 +163,3 @@ func requestIDFromEnvoy(vh *routev3.VirtualHost) bool {
 	}
 	return false
 }
-
