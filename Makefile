@@ -23,10 +23,11 @@ build:
 run:
 	$(GO) run ./cmd/envoy-keypool serve --config $(CONFIG)
 
-## test: every test (unit, fuzz seed corpora, Redis, end-to-end) under the race detector
+## test: every test (unit, fuzz seed corpora, Redis, end-to-end, deploy/) under the race detector
 test:
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	cd deploy && $(GO) vet ./... && $(GO) test -race -count=1 ./...
 
 ## fuzz: run each fuzz target for FUZZTIME (default 30s)
 FUZZTIME ?= 30s
@@ -44,6 +45,7 @@ bench:
 ## lint: vet and formatting
 lint:
 	$(GO) vet $(PKGS)
+	cd deploy && $(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 ## envoy-config: regenerate the shipped Envoy configurations from their envoy-keypool configurations
