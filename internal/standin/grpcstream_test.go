@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -305,5 +306,101 @@ func TestPickAvoidingPreviousHosts(t *testing.T) {
 	c.rr.Store(2)
 	if got := c.pickAvoiding([]*host{a}, 1); got != b {
 		t.Fatalf("with one attempt got %s, want b", got.addr)
+	}
+}
+
+// freezingProxy forwards TCP connections to target until freeze: then the connections
+// it carries go silent (open, nothing passes), as a replica that died without closing
+// its sockets (a host gone, a network partition). New connections still pass.
+type freezingProxy struct {
+	addr   string
+	mu     sync.Mutex // protects frozen
+	frozen chan struct{}
+}
+
+func startFreezingProxy(t *testing.T, target string) *freezingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	fp := &freezingProxy{addr: ln.Addr().String(), frozen: make(chan struct{})}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			fp.mu.Lock()
+			frozen := fp.frozen
+			fp.mu.Unlock()
+			t.Cleanup(func() { _ = c.Close(); _ = up.Close() })
+			pipe := func(dst, src net.Conn) {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					select {
+					case <-frozen:
+						<-make(chan struct{}) // silent from now on; closed at cleanup
+					default:
+					}
+					if n > 0 {
+						if _, werr := dst.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}
+			go pipe(up, c)
+			go pipe(c, up)
+		}
+	}()
+	return fp
+}
+
+// freeze silences the connections open now; later ones pass.
+func (fp *freezingProxy) freeze() {
+	fp.mu.Lock()
+	close(fp.frozen)
+	fp.frozen = make(chan struct{})
+	fp.mu.Unlock()
+}
+
+// HTTP/2 connection_keepalive on the envoy_keypool cluster: a connection whose peer
+// stops answering PINGs is closed after the timeout (KeepaliveSettings in
+// api/envoy/config/core/v3/protocol.proto), so the next stream opens a new connection
+// instead of waiting on a dead one until message_timeout.
+func TestKeypoolConnectionKeepalive(t *testing.T) {
+	ep := startFakeExtProc(t, markOn())
+	fp := startFreezingProxy(t, ep.addr)
+	up := startUpstream(t, nil)
+	px := startProxy(t, "keypool_cluster.yaml", params{"NoHealthCheck": "true", "KeypoolH2": "{connection_keepalive: {interval: 0.1s, timeout: 0.1s}}"},
+		map[string][]string{"openai": {up.addr()}, "keypool": {fp.addr}})
+	if st, _, _ := do(t, px, "GET", "/v1/models", "", nil); st != 200 {
+		t.Fatalf("first request: %d", st)
+	}
+	h := px.clusters["keypool"].hosts[0]
+	pool := px.clusters["keypool"].pool(h, "")
+	open := func() int {
+		pool.mu.Lock()
+		defer pool.mu.Unlock()
+		return len(pool.conns)
+	}
+	if open() != 1 {
+		t.Fatalf("%d connections to the replica, want 1", open())
+	}
+	fp.freeze()
+	waitFor(t, "keepalive to close the silent connection", func() bool { return open() == 0 })
+	if st, _, _ := do(t, px, "GET", "/v1/models", "", nil); st != 200 {
+		t.Fatalf("request after the dead connection: %d", st)
 	}
 }

@@ -102,6 +102,7 @@ type connPool struct {
 	conns      []*pooledConn
 	connecting int
 	waiters    []*poolWaiter
+	closed     bool // the proxy shut down: a connect that completes now is closed
 }
 
 type pooledConn struct {
@@ -283,6 +284,11 @@ func (p *connPool) connect() {
 		p.mu.Unlock()
 		return
 	}
+	if p.closed {
+		p.mu.Unlock()
+		_ = cc.Close()
+		return
+	}
 	pc := &pooledConn{cc: cc, h2: h2}
 	p.conns = append(p.conns, pc)
 	p.mu.Unlock()
@@ -370,6 +376,7 @@ func (p *connPool) closeIfIdle(pc *pooledConn) {
 
 func (p *connPool) close() {
 	p.mu.Lock()
+	p.closed = true
 	conns := append([]*pooledConn(nil), p.conns...)
 	p.mu.Unlock()
 	for _, pc := range conns {

@@ -54,6 +54,9 @@ func TestRetryOn(t *testing.T) {
 		{"reset", policy("reset", ""), nil, reset, 2, 200},
 		{"5xx covers reset", policy("5xx", ""), nil, reset, 2, 200},
 		{"reset not retried by retriable-headers", policy("retriable-headers", ""), nil, reset, 1, 503},
+		// The request reached the upstream (its headers were encoded): not "before
+		// request" (retry_state_impl.cc wouldRetryFromReset, upstream_codec_filter.cc).
+		{"reset after the request, reset-before-request", policy("retriable-headers,reset-before-request", ""), nil, reset, 1, 503},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -86,6 +89,8 @@ func TestRetryOnConnectFailure(t *testing.T) {
 		want    int
 	}{
 		{"connect-failure", 200},
+		// A connect failure falls through to reset-before-request: nothing was sent.
+		{"reset-before-request", 200},
 		{"retriable-headers", 503},
 	}
 	for _, tc := range tests {
