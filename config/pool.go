@@ -15,8 +15,11 @@ type Pool struct {
 	// Name is how the Envoy filter names the pool (gRPC initial metadata). Required;
 	// letters, digits, '.', '_' and '-'.
 	Name string `yaml:"name"`
-	// Provider is the API the keys belong to: openai or anthropic. Required.
+	// Provider is the API the keys belong to: openai, anthropic, azure-openai, gemini
+	// or openai-compatible. Required.
 	Provider string `yaml:"provider"`
+	// ProviderSettings holds the azure and openai_compatible blocks (config/provider.go).
+	ProviderSettings `yaml:",inline"`
 	// BYOK is the bring-your-own-key policy: deny (strip client credentials and inject
 	// a pool key) or allow (a request with a client credential passes untouched).
 	// Default deny.
@@ -76,9 +79,7 @@ func (p *Pool) validate(path string) []error {
 	if !validName.MatchString(p.Name) {
 		add(".name", fmt.Errorf("%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", p.Name))
 	}
-	if _, err := providers.New(p.Provider); err != nil {
-		add(".provider", err)
-	}
+	errs = append(errs, p.validateProvider(path)...)
 	if p.BYOK != BYOKDeny && p.BYOK != BYOKAllow {
 		add(".byok", fmt.Errorf("%q is not one of deny, allow", p.BYOK))
 	}

@@ -1,9 +1,11 @@
 package extproc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"cdr.dev/slog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -59,7 +61,7 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 		return a.unknownPool(ctx)
 	}
 	t := a.target
-	if t.AllowBYOK && t.Provider.HasClientCredential(h) {
+	if t.AllowBYOK && t.Provider.ClientCredential(h) != "" {
 		s.metrics.byok.WithLabelValues(a.poolName).Inc()
 		return continueRequestHeaders(nil)
 	}
@@ -78,6 +80,13 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 		// removals and sets in an order this server should not depend on.
 		if name != auth.Name && h.Has(name) {
 			m.RemoveHeaders = append(m.RemoveHeaders, name)
+		}
+	}
+	if pathMayCarryKey(h) {
+		// A client key in the query string (Gemini's ?key=) goes too; an upstream
+		// ext_proc may set :path (ENVOY.md, mutation_utils.cc).
+		if path, stripped := t.Provider.StripPathCredential(h.Get(":path")); stripped {
+			m.SetHeaders = append(m.SetHeaders, setHeader(":path", path))
 		}
 	}
 	return continueRequestHeaders(m)
@@ -101,11 +110,11 @@ func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv
 		return continueResponseHeaders(nil)
 	}
 	t := a.target
-	reason, isKeyFailure := providers.FailureReason(code)
-	if !isKeyFailure || !t.FailsOver(code) {
+	f, isFailure := t.Provider.Classify(code, h, nil, t.Pool.Now())
+	if !isFailure || f.Class == keypool.ClassOverloaded || !t.FailsOver(code) {
 		return continueResponseHeaders(nil)
 	}
-	hint := t.Provider.RetryHint(h, t.Pool.Now())
+	reason, hint := f.Class.Reason(), f.Hint
 	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
 	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason)).Inc()
 	a.logger().Info(ctx, "key failed; marked and retrying with the next key",
@@ -152,4 +161,20 @@ func (a *attempt) unknownPool(ctx context.Context) *extprocv3.ProcessingResponse
 
 func (a *attempt) logger() slog.Logger {
 	return a.server.log.With(slog.F("request_id", a.id.RequestID))
+}
+
+// pathMayCarryKey reports whether :path has a query with "key" in it, reading the
+// value without the copy headerView.Get makes, so that most requests pay nothing for
+// the ?key= check.
+func pathMayCarryKey(h headerView) bool {
+	for _, hv := range h.headers {
+		if hv.GetKey() == ":path" {
+			raw := hv.GetRawValue()
+			if len(raw) == 0 {
+				return strings.Contains(hv.GetValue(), "key")
+			}
+			return bytes.Contains(raw, []byte("key"))
+		}
+	}
+	return false
 }

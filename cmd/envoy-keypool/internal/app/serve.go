@@ -139,7 +139,7 @@ func buildTargets(cfg *config.Config, state keypool.State) (map[string]*extproc.
 		if err != nil {
 			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
 		}
-		prov, err := providers.New(pc.Provider)
+		prov, err := providers.Build(pc.ProviderSpec())
 		if err != nil {
 			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
 		}
