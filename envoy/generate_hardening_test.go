@@ -90,15 +90,7 @@ func TestClientIdentityStaysWithEnvoy(t *testing.T) {
 // content-length within the buffer limit, and forwarded to envoy-keypool as metadata
 // by the pools whose provider names it there; Gemini's route skips the filter.
 func TestModelFromTheJSONBody(t *testing.T) {
-	bodyless := "gemini"
-	if _, err := readConfigErr(pools(pool("gm", "gemini", 1, ""))); err != nil {
-		bodyless = "" // until the gemini provider lands, no pool names its model in the path only
-	}
-	spec := []string{pool("oa", "openai", 1, "")}
-	if bodyless != "" {
-		spec = append(spec, pool("gm", bodyless, 1, ""))
-	}
-	bs := generate(t, "envoy: {request_body_buffer_limit: 1048576}\n"+pools(spec...))
+	bs := generate(t, "envoy: {request_body_buffer_limit: 1048576}\n"+pools(pool("oa", "openai", 1, ""), pool("gm", "gemini", 1, "")))
 	h := hcmOf(t, bs)
 	f := h.GetHttpFilters()[0]
 	if f.GetName() != "envoy.filters.http.json_to_metadata" {
@@ -137,9 +129,6 @@ func TestModelFromTheJSONBody(t *testing.T) {
 	cs := bs.GetStaticResources().GetClusters()
 	if ns := extProcOf(t, clusterIn(t, cs, "oa")).GetMetadataOptions().GetForwardingNamespaces().GetUntyped(); !cmp.Equal(ns, []string{"envoy-keypool"}) {
 		t.Errorf("openai forwards %v", ns)
-	}
-	if bodyless == "" {
-		return
 	}
 	if mo := extProcOf(t, clusterIn(t, cs, "gm")).GetMetadataOptions(); mo != nil {
 		t.Errorf("gemini forwards %v", mo)
