@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
-	"sync/atomic"
 
 	"cdr.dev/slog/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,21 +32,27 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Ready reports why the server is degraded, nil when it is not. Default: always ready.
 	Ready func() error
+	// Draining reports that the process is shutting down: /readyz answers 503.
+	// Default: never.
+	Draining func() bool
 	// Logger records operators' actions. Default: discard.
 	Logger slog.Logger
 }
 
-// Handler serves the admin API.
+// Handler serves the admin API. It is immutable: a configuration reload builds a
+// new one.
 type Handler struct {
-	mux      *http.ServeMux
-	opts     Options
-	draining atomic.Bool
+	mux  *http.ServeMux
+	opts Options
 }
 
 // NewHandler returns the admin API for opts.
 func NewHandler(opts Options) *Handler {
 	if opts.Ready == nil {
 		opts.Ready = func() error { return nil }
+	}
+	if opts.Draining == nil {
+		opts.Draining = func() bool { return false }
 	}
 	h := &Handler{mux: http.NewServeMux(), opts: opts}
 	if opts.Gatherer != nil {
@@ -64,9 +69,6 @@ func NewHandler(opts Options) *Handler {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
-// Drain makes /readyz answer 503 from now on: the process is shutting down.
-func (h *Handler) Drain() { h.draining.Store(true) }
-
 func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
@@ -76,7 +78,7 @@ func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
 // replica out of rotation during a Redis outage would turn a degraded pool into an
 // outage. The body says "degraded" and why; only draining answers 503.
 func (h *Handler) readyz(w http.ResponseWriter, _ *http.Request) {
-	if h.draining.Load() {
+	if h.opts.Draining() {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
 		return
 	}

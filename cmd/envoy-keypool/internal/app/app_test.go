@@ -107,7 +107,9 @@ type running struct {
 	stop                func() int
 }
 
-func start(t *testing.T, cfg string) *running {
+// start serves cfg with extra serve flags (by default no drain delay: tests that
+// need one say so).
+func start(t *testing.T, cfg string, flags ...string) *running {
 	t.Helper()
 	setSecrets(t)
 	path := writeConfig(t, cfg)
@@ -117,7 +119,8 @@ func start(t *testing.T, cfg string) *running {
 	waitCtx, waitCancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer waitCancel()
 	go func() {
-		code := app.Main(ctx, []string{"serve", "--config", path}, stdout, stderr)
+		args := append([]string{"serve", "--config", path, "--drain-delay", "0s"}, flags...)
+		code := app.Main(ctx, args, stdout, stderr)
 		waitCancel() // no ready line will come
 		done <- code
 	}()
@@ -186,7 +189,7 @@ func TestServeInjectsKeysAndShutsDownCleanly(t *testing.T) {
 	go func() { stopped <- r.stop() }()
 	waitCtx, waitCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer waitCancel()
-	if _, err := r.stderr.waitFor(waitCtx, regexp.MustCompile(`draining in-flight streams`)); err != nil {
+	if _, err := r.stderr.waitFor(waitCtx, regexp.MustCompile(`waiting for the streams in flight`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := stream.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
