@@ -43,12 +43,12 @@ type server struct {
 	started    *config.Config // the configuration at start: listeners, state, shutdown
 	configPath string
 	load       func() (*config.Config, error)
-	reg     *prometheus.Registry
-	state   *stateBackend
-	metrics *extproc.Metrics
-	certs   *certificates // nil without TLS
-	reloads *reloadMetrics
-	watcher *fileWatcher // nil when the file system cannot be watched
+	reg        *prometheus.Registry
+	state      *stateBackend
+	metrics    *extproc.Metrics
+	certs      *certificates // nil without TLS
+	reloads    *reloadMetrics
+	watcher    *fileWatcher // nil when the file system cannot be watched
 
 	cur      atomic.Pointer[snapshot]
 	draining atomic.Bool
