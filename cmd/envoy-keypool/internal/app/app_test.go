@@ -103,7 +103,9 @@ var readyLine = regexp.MustCompile(`envoy-keypool ready grpc=(\S+) admin=(\S+)`)
 
 type running struct {
 	grpcAddr, adminAddr string
+	configPath          string
 	stdout, stderr      *lineWriter
+	signals             chan os.Signal
 	stop                func() int
 }
 
@@ -112,15 +114,21 @@ type running struct {
 func start(t *testing.T, cfg string, flags ...string) *running {
 	t.Helper()
 	setSecrets(t)
-	path := writeConfig(t, cfg)
+	return startFile(t, writeConfig(t, cfg), flags...)
+}
+
+// startFile serves the configuration file at path; the test's secrets must be set.
+func startFile(t *testing.T, path string, flags ...string) *running {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	stdout, stderr := newLineWriter(), newLineWriter()
 	done := make(chan int, 1)
+	signals := make(chan os.Signal, 4)
 	waitCtx, waitCancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer waitCancel()
 	go func() {
 		args := append([]string{"serve", "--config", path, "--drain-delay", "0s"}, flags...)
-		code := app.Main(ctx, args, stdout, stderr)
+		code := app.Run(ctx, args, stdout, stderr, signals)
 		waitCancel() // no ready line will come
 		done <- code
 	}()
@@ -131,10 +139,11 @@ func start(t *testing.T, cfg string, flags ...string) *running {
 	}
 	var once sync.Once
 	code := -1
-	r := &running{grpcAddr: m[1], adminAddr: m[2], stdout: stdout, stderr: stderr, stop: func() int {
-		once.Do(func() { cancel(); code = <-done })
-		return code
-	}}
+	r := &running{grpcAddr: m[1], adminAddr: m[2], configPath: path, stdout: stdout, stderr: stderr, signals: signals,
+		stop: func() int {
+			once.Do(func() { cancel(); code = <-done })
+			return code
+		}}
 	t.Cleanup(func() {
 		r.stop()
 		for name, v := range testSecrets {
