@@ -136,10 +136,17 @@ func (l *Listen) MutualTLS() bool { return l.TLS != nil && l.TLS.ClientCAFile !=
 
 // Exposed reports whether the ext_proc listener can be reached from other hosts
 // without a verified client certificate, and why: anyone who reaches it can open an
-// ext_proc stream and read a key from the answer. A Unix socket, a loopback address
-// and mutual TLS are not exposed.
+// ext_proc stream and read a key from the answer. A loopback address, mutual TLS and
+// a Unix socket that not every local user may write are not exposed.
 func (l *Listen) Exposed() (bool, string) {
-	if l.IsUnix() || l.MutualTLS() {
+	if l.IsUnix() {
+		if l.SocketFileMode()&0o002 != 0 {
+			return true, fmt.Sprintf("listen.socket_mode %s lets every local user open ext_proc streams on %s "+
+				"and read API keys; use 0660 and put Envoy in the socket's group", l.SocketMode, l.SocketPath())
+		}
+		return false, ""
+	}
+	if l.MutualTLS() {
 		return false, ""
 	}
 	host, _, err := net.SplitHostPort(l.GRPC)

@@ -76,6 +76,8 @@ func TestExposedListenerIsNamed(t *testing.T) {
 		{"IPv4 loopback", `{grpc: "127.0.0.1:9001"}`, false, ""},
 		{"IPv6 loopback", `{grpc: "[::1]:9001"}`, false, ""},
 		{"localhost", `{grpc: "localhost:9001"}`, false, ""},
+		{"Unix socket for its group", `{grpc: "unix:/run/k.sock", socket_mode: "0660"}`, false, ""},
+		{"Unix socket for every local user", `{grpc: "unix:/run/k.sock", socket_mode: "0666"}`, true, "every local user"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,7 +89,7 @@ func TestExposedListenerIsNamed(t *testing.T) {
 			if exposed != tt.exposed || !strings.Contains(why, tt.why) {
 				t.Errorf("Exposed() = %v %q, want %v containing %q", exposed, why, tt.exposed, tt.why)
 			}
-			if exposed && !strings.Contains(why, "client_ca_file") {
+			if exposed && !strings.Contains(why, "client_ca_file") && !strings.Contains(why, "0660") {
 				t.Errorf("the warning does not say how to fix it: %q", why)
 			}
 		})
