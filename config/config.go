@@ -34,6 +34,10 @@ type Admin struct {
 	// Token guards the key API (listing, disabling and enabling keys). Without it the
 	// key API is off; /metrics and the health endpoints stay open. Default: none.
 	Token SecretRef `yaml:"token"`
+	// StatusPage serves the read-only status page on /status (pools, keys, their
+	// state; no key value, no hint), without the token, like /metrics, which already
+	// exports the same state. false turns it off. Default true.
+	StatusPage *bool `yaml:"status_page"`
 
 	token string // resolved Token
 }
@@ -227,6 +231,9 @@ func (c *Config) SecretFiles() []string {
 	}
 	return out
 }
+
+// StatusPageOn reports whether the status page is served.
+func (c *Config) StatusPageOn() bool { return c.Admin.StatusPage == nil || *c.Admin.StatusPage }
 
 // AdminToken is the resolved admin token; "" when the key API is off.
 func (c *Config) AdminToken() string { return c.Admin.token }

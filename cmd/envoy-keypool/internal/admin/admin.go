@@ -1,6 +1,8 @@
 // Package admin is envoy-keypool's admin HTTP API: Prometheus metrics, liveness
-// and readiness, and the key-state API (list keys with masked hints, disable,
-// enable) guarded by a bearer token. It shows key ids and hints, never values.
+// and readiness, a read-only status page, and the key-state API (the replica's
+// status, keys with masked hints, disable, enable) guarded by a bearer token. It
+// shows key ids and hints, never values; the open endpoints (/metrics, /status)
+// show no hint either.
 package admin
 
 import (
@@ -8,6 +10,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"time"
 
 	"cdr.dev/slog/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +40,15 @@ type Options struct {
 	Draining func() bool
 	// Logger records operators' actions. Default: discard.
 	Logger slog.Logger
+	// Info describes the process on /status and /v1/status. Default: nothing.
+	Info func() ProcessInfo
+	// StatusPage serves the read-only page /status, without the token. Default off.
+	StatusPage bool
+	// LastStatus is the last upstream status this replica saw for a key. Default:
+	// none shown.
+	LastStatus func(pool, keyID string) (LastStatus, bool)
+	// Clock tells the time of the status page. Default: the system clock.
+	Clock keypool.Clock
 }
 
 // Handler serves the admin API. It is immutable: a configuration reload builds a
@@ -51,6 +63,9 @@ func NewHandler(opts Options) *Handler {
 	if opts.Ready == nil {
 		opts.Ready = func() error { return nil }
 	}
+	if opts.Clock == nil {
+		opts.Clock = keypool.ClockFunc(time.Now)
+	}
 	if opts.Draining == nil {
 		opts.Draining = func() bool { return false }
 	}
@@ -60,6 +75,10 @@ func NewHandler(opts Options) *Handler {
 	}
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
+	if opts.StatusPage {
+		h.mux.HandleFunc("GET /status", h.statusPage)
+	}
+	h.mux.HandleFunc("GET /v1/status", h.authorized(h.apiStatus))
 	h.mux.HandleFunc("GET /v1/keys", h.authorized(h.listKeys))
 	h.mux.HandleFunc("POST /v1/pools/{pool}/keys/{key}/disable", h.authorized(h.disableKey))
 	h.mux.HandleFunc("POST /v1/pools/{pool}/keys/{key}/enable", h.authorized(h.enableKey))

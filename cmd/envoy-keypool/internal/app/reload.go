@@ -54,16 +54,28 @@ func (s *server) build(cfg *config.Config) (*snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	loaded := time.Now()
 	return &snapshot{
 		cfg: cfg,
 		ext: ext,
 		admin: admin.NewHandler(admin.Options{
-			Pools:    pools,
-			Token:    cfg.AdminToken(),
-			Gatherer: s.reg,
-			Ready:    s.state.ready,
-			Draining: s.draining.Load,
-			Logger:   s.log.Named("admin"),
+			Pools:      pools,
+			Token:      cfg.AdminToken(),
+			Gatherer:   s.reg,
+			Ready:      s.state.ready,
+			Draining:   s.draining.Load,
+			Logger:     s.log.Named("admin"),
+			StatusPage: cfg.StatusPageOn(),
+			Info: func() admin.ProcessInfo {
+				info := admin.ProcessInfo{
+					Version: buildInfo().Version, StateBackend: s.state.kind,
+					Started: s.startedAt, ConfigLoaded: loaded,
+				}
+				if e := s.lastReloadErr.Load(); e != nil {
+					info.LastReloadError = *e
+				}
+				return info
+			},
 		}),
 		collector: admin.NewKeyStateCollector(pools),
 		redactor:  newRedactor(cfg),
@@ -142,15 +154,16 @@ func (s *server) runReloads(ctx context.Context) {
 // service stays, and the log says which fields are wrong.
 func (s *server) reload(ctx context.Context, why string) error {
 	start := time.Now()
+	var certErr error
 	if s.certs != nil {
-		if err := s.certs.reload(); err != nil {
-			s.reloads.result(resultError)
-			s.log.Error(ctx, "TLS certificate reload refused; the certificates in use stay", slog.F("trigger", why), slog.Error(err))
+		if certErr = s.certs.reload(); certErr != nil {
+			s.refused(certErr)
+			s.log.Error(ctx, "TLS certificate reload refused; the certificates in use stay", slog.F("trigger", why), slog.Error(certErr))
 		}
 	}
 	cfg, err := s.load()
 	if err != nil {
-		s.reloads.result(resultError)
+		s.refused(err)
 		s.log.Error(ctx, "configuration reload refused; the previous configuration keeps serving",
 			slog.F("trigger", why), slog.F("problems", strings.Split(err.Error(), "\n")))
 		return err
@@ -164,6 +177,9 @@ func (s *server) reload(ctx context.Context, why string) error {
 	if s.watcher != nil {
 		s.watcher.watch(s.watchedFiles(cfg))
 	}
+	if certErr == nil {
+		s.lastReloadErr.Store(nil)
+	}
 	if reflect.DeepEqual(old.cfg, cfg) {
 		s.reloads.result(resultUnchanged)
 		s.log.Debug(ctx, "configuration reload: nothing changed", slog.F("trigger", why))
@@ -171,7 +187,7 @@ func (s *server) reload(ctx context.Context, why string) error {
 	}
 	next, err := s.build(cfg)
 	if err != nil {
-		s.reloads.result(resultError)
+		s.refused(err)
 		s.log.Error(ctx, "configuration reload refused; the previous configuration keeps serving",
 			slog.F("trigger", why), slog.F("problems", []string{err.Error()}))
 		return err
@@ -324,6 +340,13 @@ func newReloadMetrics(reg prometheus.Registerer) *reloadMetrics {
 	m.lastSuccess.SetToCurrentTime()
 	reg.MustRegister(m.total, m.lastOK, m.lastSuccess)
 	return m
+}
+
+// refused records why a reload was refused, for the status page.
+func (s *server) refused(err error) {
+	msg := err.Error()
+	s.lastReloadErr.Store(&msg)
+	s.reloads.result(resultError)
 }
 
 func (m *reloadMetrics) result(r string) {

@@ -50,9 +50,11 @@ type server struct {
 	reloads    *reloadMetrics
 	watcher    *fileWatcher // nil when the file system cannot be watched
 
-	cur      atomic.Pointer[snapshot]
-	draining atomic.Bool
-	reloadCh chan string // reload requests, by what asked for them
+	startedAt     time.Time
+	cur           atomic.Pointer[snapshot]
+	draining      atomic.Bool
+	lastReloadErr atomic.Pointer[string] // why the last reload was refused; nil when applied
+	reloadCh      chan string            // reload requests, by what asked for them
 }
 
 // serve runs the server until ctx ends or a SIGTERM/SIGINT arrives, reloading on
@@ -65,7 +67,7 @@ func serve(ctx context.Context, cfg *config.Config, opts serveOptions) error {
 	s := &server{
 		log: log, started: cfg, reg: reg, metrics: extproc.NewMetrics(reg),
 		reloads: newReloadMetrics(reg), reloadCh: make(chan string, 1),
-		configPath: opts.ConfigPath, load: opts.Load,
+		configPath: opts.ConfigPath, load: opts.Load, startedAt: time.Now(),
 	}
 	if exposed, why := cfg.Listen.Exposed(); exposed {
 		log.Warn(ctx, "INSECURE LISTENER: "+why)
