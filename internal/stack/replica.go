@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,7 +31,7 @@ var readyLine = regexp.MustCompile(`envoy-keypool ready grpc=(\S+) admin=(\S+)`)
 // startReplica runs `binary serve --config configPath` with env and waits for its
 // ready line.
 func startReplica(ctx context.Context, binary, configPath string, env []string, logTo io.Writer) (*Replica, error) {
-	cmd := exec.Command(binary, "serve", "--config", configPath, "--shutdown-timeout", "5s")
+	cmd := exec.Command(binary, "serve", "--config", configPath)
 	cmd.Env = append(os.Environ(), env...)
 	logs := &syncbuf.Buffer{}
 	var stderr io.Writer = logs
@@ -97,6 +98,14 @@ func (r *Replica) Stop(ctx context.Context) error {
 	return nil
 }
 
+// StopNow shuts the process down without the drain delay (a second SIGTERM skips
+// it), for tearing a stack down, and waits as Stop does.
+func (r *Replica) StopNow(ctx context.Context) error {
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	return r.Stop(ctx)
+}
+
 // Exited reports whether the process has ended.
 func (r *Replica) Exited() bool {
 	select {
@@ -110,16 +119,19 @@ func (r *Replica) Exited() bool {
 // Logs is everything the process wrote (stdout and stderr).
 func (r *Replica) Logs() string { return r.logs.String() }
 
-// stopAll stops replicas within d in total, returning their errors joined.
+// stopAll stops replicas at once and together within d, returning their errors
+// joined.
 func stopAll(replicas []*Replica, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	var errs []error
-	for _, r := range replicas {
+	errs := make([]error, len(replicas))
+	var wg sync.WaitGroup
+	for i, r := range replicas {
 		if r.Exited() {
 			continue
 		}
-		errs = append(errs, r.Stop(ctx))
+		wg.Go(func() { errs[i] = r.StopNow(ctx) })
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }

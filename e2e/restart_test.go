@@ -1,0 +1,131 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/envoy-keypool/envoy-keypool/config"
+	"github.com/envoy-keypool/envoy-keypool/internal/stack"
+)
+
+// loadRun is load() running in the background, counting what it did.
+type loadRun struct {
+	done   atomic.Int64
+	stop   chan struct{}
+	result chan loadResult
+}
+
+type loadResult struct {
+	ok   int64
+	errs []error
+}
+
+func startLoad(t *testing.T, tg *target, workers int) *loadRun {
+	l := &loadRun{stop: make(chan struct{}), result: make(chan loadResult, 1)}
+	go func() {
+		ok, errs := load(t, tg, workers, l.stop, func(bool, time.Time) { l.done.Add(1) })
+		l.result <- loadResult{ok, errs}
+	}()
+	return l
+}
+
+// waitMore waits until n more requests than now have ended.
+func (l *loadRun) waitMore(t *testing.T, n int64) {
+	t.Helper()
+	from := l.done.Load()
+	waitFor(t, fmt.Sprintf("%d more requests", n), 60*time.Second, func() bool { return l.done.Load() >= from+n })
+}
+
+func (l *loadRun) finish() loadResult {
+	close(l.stop)
+	return <-l.result
+}
+
+// healthy reports whether the stand-in currently routes ext_proc streams to addr.
+func healthy(tg *target, addr string) bool {
+	for _, a := range tg.local.Proxy.HealthyEndpoints("envoy_keypool") {
+		if a == addr || "unix:"+a == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// injections is the number of keys replica i injected since it started.
+func injections(t *testing.T, tg *target, i int) int {
+	t.Helper()
+	resp, err := http.Get(tg.adminURLs[i] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	n := 0
+	for _, m := range regexp.MustCompile(`(?m)^envoy_keypool_key_injections_total\{[^}]*\} (\d+)$`).FindAllStringSubmatch(string(body), -1) {
+		v, _ := strconv.Atoi(m[1])
+		n += v
+	}
+	return n
+}
+
+func TestRollingRestartUnderLoadLosesNoRequest(t *testing.T) {
+	tg := startTargetWith(t, func(o *stack.Options) {
+		// The default drain delay: long enough for the health checks of the shipped
+		// Envoy configuration (interval 5s, timeout 1s) to take a replica out.
+		o.DrainDelay = config.DefaultDrainDelay
+	})
+	if tg.local == nil {
+		t.Skip("restarts a replica of the local stack")
+	}
+	const clients = 16
+	l := startLoad(t, tg, clients)
+	l.waitMore(t, 50)
+	// Every replica in turn, as a rolling update does: SIGTERM, the drain delay, a
+	// graceful stop, then the new process on the same address.
+	for i := range tg.local.Replicas {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		err := tg.local.Restart(ctx, i)
+		cancel()
+		if err != nil {
+			l.finish()
+			t.Fatal(err)
+		}
+		addr := tg.local.Replica(i).GRPCAddr
+		waitFor(t, fmt.Sprintf("the stand-in to route to restarted replica %d", i+1), 30*time.Second, func() bool { return healthy(tg, addr) })
+		l.waitMore(t, 100)
+		if n := injections(t, tg, i); n == 0 {
+			t.Errorf("restarted replica %d served no request", i+1)
+		}
+	}
+	res := l.finish()
+	if len(res.errs) > 0 {
+		t.Fatalf("%d of %d requests failed across a rolling restart; first: %v", len(res.errs), res.ok+int64(len(res.errs)), res.errs[0])
+	}
+	t.Logf("%d requests from %d clients, none failed, across a restart of each of %d replicas", res.ok, clients, len(tg.local.Replicas))
+}
+
+func TestReplicaKilledUnderLoadLosesNoRequest(t *testing.T) {
+	tg := startTarget(t)
+	if tg.local == nil {
+		t.Skip("kills a replica of the local stack")
+	}
+	const clients = 16
+	l := startLoad(t, tg, clients)
+	l.waitMore(t, 50)
+	dead := tg.local.Replica(0).GRPCAddr
+	tg.killReplica(t, 0)
+	waitFor(t, "the stand-in's health checks to drop the killed replica", 30*time.Second, func() bool { return !healthy(tg, dead) })
+	l.waitMore(t, 100)
+	res := l.finish()
+	if len(res.errs) > 0 {
+		t.Fatalf("%d of %d requests failed after a replica was killed (SIGKILL); first: %v", len(res.errs), res.ok+int64(len(res.errs)), res.errs[0])
+	}
+	t.Logf("%d requests from %d clients, none failed, across a SIGKILL", res.ok, clients)
+}
