@@ -93,7 +93,7 @@ type Stack struct {
 	mu        sync.Mutex        // protects tree, envValues, secrets, Keys, pastValues, retired and Replicas' entries
 	tree      map[string]any    // the envoy-keypool configuration, listeners aside
 	envValues map[string]string // the env: secrets, given to the replicas' environment
-	secrets *secretMount   // nil unless Options.SecretFiles
+	secrets   *secretMount      // nil unless Options.SecretFiles
 	// pastValues are key values no longer configured, still searched for in logs.
 	pastValues []string
 	// listen are each replica's fixed listeners, kept across restarts.
