@@ -7,6 +7,7 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"strings"
 )
 
 // Version is the release this binary was built from. It is a variable, not a
@@ -70,6 +71,7 @@ func printVersion(args []string, stdout, stderr io.Writer) int {
 	if *output == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
 		_ = enc.Encode(b)
 		return exitOK
 	}
@@ -77,6 +79,6 @@ func printVersion(args []string, stdout, stderr io.Writer) int {
 	if b.Revision != "" {
 		fmt.Fprintf(stdout, " (%s)", b.Revision)
 	}
-	fmt.Fprintf(stdout, " %s\nEnvoy: %s (behaviour verified against %v)\n", b.Go, b.Envoy, b.EnvoyVerified)
+	fmt.Fprintf(stdout, " %s\nEnvoy: %s (behaviour verified against the %s sources)\n", b.Go, b.Envoy, strings.Join(b.EnvoyVerified, " and "))
 	return exitOK
 }
