@@ -49,7 +49,7 @@ func newBenchServer(b *testing.B, path string) *server {
 		log: newLogger(io.Discard, cfg.Log), started: cfg, configPath: path, reg: reg,
 		load: func() (*config.Config, error) { return config.Load(path) }, reloads: newReloadMetrics(reg),
 		reloadCh: make(chan string, 1),
-		state: &stateBackend{kind: "memory", state: keypool.NewMemoryState(nil, 0), ready: func() error { return nil }},
+		state:    &stateBackend{kind: "memory", state: keypool.NewMemoryState(nil, 0), ready: func() error { return nil }},
 	}
 	first, err := s.build(cfg)
 	if err != nil {
