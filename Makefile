@@ -26,10 +26,11 @@ build:
 run:
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/envoy-keypool serve --config $(CONFIG)
 
-## test: every test (unit, fuzz seed corpora, Redis, end-to-end) under the race detector
+## test: every test (unit, fuzz seed corpora, Redis, end-to-end, and the deploy/ module) under the race detector
 test:
 	$(GO) vet $(PKGS)
-	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	@if [ -f deploy/go.mod ]; then echo "== deploy/ (its own module)"; cd deploy && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...; fi
 
 ## fuzz: run each fuzz target for FUZZTIME (default 30s)
 FUZZTIME ?= 30s
