@@ -22,10 +22,9 @@ import (
 
 func main() {
 	// SIGHUP reloads the configuration; SIGTERM and SIGINT shut down (drain, then
-	// stop), and a second one stops at once.
+	// stop), and a second one stops at once. The signals stay caught until the
+	// process exits: one more arriving as it ends must not change its exit status.
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	code := app.Run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, signals)
-	signal.Stop(signals)
-	os.Exit(code)
+	os.Exit(app.Run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, signals))
 }

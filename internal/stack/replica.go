@@ -82,20 +82,12 @@ func (r *Replica) Kill() {
 	<-r.done
 }
 
-// Stop asks the process to shut down (SIGTERM) and waits until it did or ctx ends,
-// then kills it. It reports how the process exited.
+// Stop asks the process to shut down (SIGTERM: its drain delay, then a graceful
+// stop) and waits until it did or ctx ends, then kills it. It reports how the
+// process exited.
 func (r *Replica) Stop(ctx context.Context) error {
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-ctx.Done():
-		r.Kill()
-		return fmt.Errorf("envoy-keypool did not stop in time: %w", ctx.Err())
-	}
-	if code := r.cmd.ProcessState.ExitCode(); code != 0 {
-		return fmt.Errorf("envoy-keypool exited with code %d", code)
-	}
-	return nil
+	return r.wait(ctx)
 }
 
 // StopNow shuts the process down without the drain delay (a second SIGTERM skips
@@ -103,7 +95,20 @@ func (r *Replica) Stop(ctx context.Context) error {
 func (r *Replica) StopNow(ctx context.Context) error {
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	return r.Stop(ctx)
+	return r.wait(ctx)
+}
+
+func (r *Replica) wait(ctx context.Context) error {
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		r.Kill()
+		return fmt.Errorf("envoy-keypool did not stop in time: %w", ctx.Err())
+	}
+	if code := r.cmd.ProcessState.ExitCode(); code != 0 {
+		return fmt.Errorf("envoy-keypool exited with code %d (%s)", code, r.cmd.ProcessState)
+	}
+	return nil
 }
 
 // Exited reports whether the process has ended.
