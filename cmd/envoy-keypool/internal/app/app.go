@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/envoy-keypool/envoy-keypool/cmd/envoy-keypool/internal/cli"
@@ -52,6 +53,25 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, signals <
 		return exitUsage
 	}
 	cmd, rest := args[0], args[1:]
+	if cmd != "serve" && signals != nil {
+		// Only serve drains; any other command ends on the first SIGINT or SIGTERM.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case sig := <-signals:
+					if sig != syscall.SIGHUP {
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+	}
 	switch cmd {
 	case "serve":
 		return runWithConfig(cmd, rest, stderr, config.Load, func(cfg *config.Config, f *flags) error {
