@@ -90,6 +90,15 @@ func TestRollingRestartUnderLoadLosesNoRequest(t *testing.T) {
 	// Every replica in turn, as a rolling update does: SIGTERM, the drain delay, a
 	// graceful stop, then the new process on the same address.
 	for i := range tg.local.Replicas {
+		addr := tg.local.Replica(i).GRPCAddr
+		sigterm := time.Now()
+		ejected := make(chan time.Duration, 1)
+		go func() {
+			for healthy(tg, addr) && time.Since(sigterm) < time.Minute {
+				time.Sleep(5 * time.Millisecond)
+			}
+			ejected <- time.Since(sigterm)
+		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		err := tg.local.Restart(ctx, i)
 		cancel()
@@ -97,7 +106,10 @@ func TestRollingRestartUnderLoadLosesNoRequest(t *testing.T) {
 			l.finish()
 			t.Fatal(err)
 		}
-		addr := tg.local.Replica(i).GRPCAddr
+		// Measured, not asserted: the drain delay is there so that the first number
+		// stays below it.
+		t.Logf("replica %d: the stand-in stopped routing to it %s after SIGTERM; stopped and ready again %s after SIGTERM",
+			i+1, (<-ejected).Round(time.Millisecond), time.Since(sigterm).Round(time.Millisecond))
 		waitFor(t, fmt.Sprintf("the stand-in to route to restarted replica %d", i+1), 30*time.Second, func() bool { return healthy(tg, addr) })
 		l.waitMore(t, 100)
 		if n := injections(t, tg, i); n == 0 {
