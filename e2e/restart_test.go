@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -118,7 +120,8 @@ func TestRollingRestartUnderLoadLosesNoRequest(t *testing.T) {
 	}
 	res := l.finish()
 	if len(res.errs) > 0 {
-		t.Fatalf("%d of %d requests failed across a rolling restart; first: %v", len(res.errs), res.ok+int64(len(res.errs)), res.errs[0])
+		t.Fatalf("%d of %d requests failed across a rolling restart (%s); first: %v",
+			len(res.errs), res.ok+int64(len(res.errs)), byStatus(res.errs), res.errs[0])
 	}
 	t.Logf("%d requests from %d clients, none failed, across a restart of each of %d replicas", res.ok, clients, len(tg.local.Replicas))
 }
@@ -137,7 +140,34 @@ func TestReplicaKilledUnderLoadLosesNoRequest(t *testing.T) {
 	l.waitMore(t, 100)
 	res := l.finish()
 	if len(res.errs) > 0 {
-		t.Fatalf("%d of %d requests failed after a replica was killed (SIGKILL); first: %v", len(res.errs), res.ok+int64(len(res.errs)), res.errs[0])
+		t.Fatalf("%d of %d requests failed after a replica was killed (SIGKILL) (%s); first: %v",
+			len(res.errs), res.ok+int64(len(res.errs)), byStatus(res.errs), res.errs[0])
 	}
 	t.Logf("%d requests from %d clients, none failed, across a SIGKILL", res.ok, clients)
+}
+
+// byStatus counts failed requests by the status the client got ("504: 3, 500: 1"):
+// a 504 is Envoy's message_timeout (a slow replica), a 500 a broken ext_proc stream.
+func byStatus(errs []error) string {
+	counts := map[string]int{}
+	for _, err := range errs {
+		m := regexp.MustCompile(`\b([45]\d\d)\b`).FindString(err.Error())
+		if m == "" {
+			m = "no status"
+		}
+		counts[m]++
+	}
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s: %d", k, counts[k])
+	}
+	return b.String()
 }
