@@ -76,12 +76,15 @@ func startAttempt(ctx context.Context, t *testing.T, conn *grpc.ClientConn, pool
 }
 
 // finish sends the provider's response status and returns the retry marker the
-// server added ("" if none), then ends the stream as Envoy does.
+// server added ("" if none), then ends the stream as Envoy does. A 429 says when to
+// come back (Retry-After: 30), as providers' rate limits do.
 func (a *attemptStream) finish(status int) (string, error) {
+	headers := []*corev3.HeaderValue{{Key: ":status", RawValue: []byte(strconv.Itoa(status))}}
+	if status == 429 {
+		headers = append(headers, &corev3.HeaderValue{Key: "retry-after", RawValue: []byte("30")})
+	}
 	if err := a.stream.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: []*corev3.HeaderValue{
-			{Key: ":status", RawValue: []byte(strconv.Itoa(status))},
-		}}},
+		ResponseHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{Headers: headers}},
 	}}); err != nil {
 		return "", err
 	}
