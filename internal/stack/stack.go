@@ -195,6 +195,8 @@ func (s *Stack) envoyConfig(cfg *config.Config) (*bootstrapv3.Bootstrap, map[str
 		for _, l := range s.listen {
 			cfg.Envoy.KeypoolAddresses = append(cfg.Envoy.KeypoolAddresses, l.grpc)
 		}
+		// The generator checks the replicas' listener against the addresses.
+		cfg.Listen.GRPC = s.listen[0].grpc
 		bs, err := envoy.Generate(cfg)
 		return bs, endpoints, err
 	}
