@@ -91,11 +91,23 @@ func (r *Replica) Stop(ctx context.Context) error {
 }
 
 // StopNow shuts the process down without the drain delay (a second SIGTERM skips
-// it), for tearing a stack down, and waits as Stop does.
+// it), for tearing a stack down, and waits as Stop does. SIGTERM is sent again until
+// the process exits: two signals sent back to back may reach it as one (a pending
+// standard signal is not queued twice).
 func (r *Replica) StopNow(ctx context.Context) error {
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	return r.wait(ctx)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.done:
+			return r.wait(ctx)
+		case <-ctx.Done():
+			return r.wait(ctx)
+		case <-tick.C:
+			_ = r.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
 }
 
 func (r *Replica) wait(ctx context.Context) error {
