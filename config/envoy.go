@@ -118,12 +118,9 @@ func (e *Envoy) validate(path string) []error {
 
 func (r *Route) applyDefaults(p *Pool) {
 	setDefault(&r.Prefix, "/"+p.Name+"/")
-	switch p.Provider {
-	case "openai":
-		setDefault(&r.Upstream, "https://api.openai.com")
-	case "anthropic":
-		setDefault(&r.Upstream, "https://api.anthropic.com")
-	}
+	// The provider's public API (an Azure pool's resource host, a preset's API); none
+	// for self-hosted servers, reported by the pool's provider validation.
+	setDefault(&r.Upstream, p.defaultUpstream())
 }
 
 func (r *Route) validate(path string) []error {
@@ -133,6 +130,8 @@ func (r *Route) validate(path string) []error {
 	}
 	u, err := url.Parse(r.Upstream)
 	switch {
+	case r.Upstream == "":
+		// Required only when the provider has no default: Pool.validateProvider says so.
 	case err != nil:
 		errs = append(errs, fieldError(path+".upstream", err))
 	case u.Scheme != "http" && u.Scheme != "https":

@@ -229,7 +229,7 @@ func TestChecksCatchBrokenBootstraps(t *testing.T) {
 		}, false, []string{"envoy.keypool_addresses says"}},
 		{"too few ext_proc streams for the provider requests", func(t *testing.T, bs *bootstrapv3.Bootstrap, _ *config.Config) {
 			clusterNamed(t, bs, envoy.KeypoolCluster).CircuitBreakers = nil
-		}, false, []string{"max_requests 1024 is below the 3072 provider requests"}},
+		}, false, []string{"max_requests 1024 is below the 6144 provider requests"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,9 +1,11 @@
 package extproc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"cdr.dev/slog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -21,7 +23,9 @@ type attempt struct {
 
 	sawRequest bool
 	id         keypool.Attempt
-	key        keypool.Key // zero until a key was injected (ids are never empty)
+	key        keypool.Key  // zero until a key was injected (ids are never empty)
+	pick       keypool.Pick // the pick that gave key
+	answered   bool         // the pool heard how the attempt ended (Fail or Finish)
 }
 
 // handle answers one message; nil means no answer is due.
@@ -59,16 +63,17 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 		return a.unknownPool(ctx)
 	}
 	t := a.target
-	if t.AllowBYOK && t.Provider.HasClientCredential(h) {
+	if t.AllowBYOK && t.Provider.ClientCredential(h) != "" {
 		s.metrics.byok.WithLabelValues(a.poolName).Inc()
 		return continueRequestHeaders(nil)
 	}
 
-	key, err := t.Pool.Pick(ctx, a.id)
+	pick, err := t.Pool.Pick(ctx, a.id)
 	if err != nil {
 		return a.exhausted(ctx, err)
 	}
-	a.key = key
+	key := pick.Key
+	a.pick, a.key = pick, key
 	s.metrics.picks.WithLabelValues(a.poolName, key.ID()).Inc()
 
 	auth := t.Provider.AuthHeader(key.Value())
@@ -78,6 +83,13 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 		// removals and sets in an order this server should not depend on.
 		if name != auth.Name && h.Has(name) {
 			m.RemoveHeaders = append(m.RemoveHeaders, name)
+		}
+	}
+	if pathMayCarryKey(h) {
+		// A client key in the query string (Gemini's ?key=) goes too; an upstream
+		// ext_proc may set :path (ENVOY.md, mutation_utils.cc).
+		if path, stripped := t.Provider.StripPathCredential(h.Get(":path")); stripped {
+			m.SetHeaders = append(m.SetHeaders, setHeader(":path", path))
 		}
 	}
 	return continueRequestHeaders(m)
@@ -101,21 +113,41 @@ func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv
 		return continueResponseHeaders(nil)
 	}
 	t := a.target
-	reason, isKeyFailure := providers.FailureReason(code)
-	if !isKeyFailure || !t.FailsOver(code) {
+	a.answered = true
+	f, isFailure := t.Provider.Classify(code, h, nil, t.Pool.Now())
+	if !isFailure {
+		t.Pool.Finish(ctx, a.id, a.pick, t.Provider.Headroom(h, t.Pool.Now()))
 		return continueResponseHeaders(nil)
 	}
-	hint := t.Provider.RetryHint(h, t.Pool.Now())
-	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
-	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason)).Inc()
-	a.logger().Info(ctx, "key failed; marked and retrying with the next key",
+	hint := f.Hint
+	out := t.Pool.Fail(ctx, a.id, a.pick, f)
+	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(f.Class.Reason())).Inc()
+	msg := "key failed; not marked"
+	switch {
+	case out.Retry && !out.Cooldown.Until.IsZero():
+		msg = "key failed; marked and retrying with the next key"
+	case out.Retry:
+		msg = "key failed; retrying with the next key"
+	}
+	a.logger().Info(ctx, msg,
 		slog.F("pool", a.poolName), slog.F("key", a.key.ID()), slog.F("key_hint", a.key.Hint()),
-		slog.F("status", code), slog.F("reason", reason), slog.F("cooldown_until", c.Until),
+		slog.F("status", code), slog.F("class", f.Class), slog.F("action", out.Action),
+		slog.F("retry", out.Retry), slog.F("cooldown_until", out.Cooldown.Until),
 		slog.F("provider_hint_known", hint.Known), slog.F("provider_hint", hint.After),
 		slog.F("attempt", a.id.Number))
+	if !out.Retry {
+		return continueResponseHeaders(nil)
+	}
 	return continueResponseHeaders(&extprocv3.HeaderMutation{
-		SetHeaders: []*corev3.HeaderValueOption{setHeader(s.headers.RetryMarker, string(reason))},
+		SetHeaders: []*corev3.HeaderValueOption{setHeader(s.headers.RetryMarker, string(f.Class))},
 	})
+}
+
+// release tells the pool that the attempt's stream ended without an answer.
+func (a *attempt) release(ctx context.Context) {
+	if a.key.ID() != "" && !a.answered {
+		a.target.Pool.Release(ctx, a.id, a.pick)
+	}
 }
 
 func (a *attempt) exhausted(ctx context.Context, err error) *extprocv3.ProcessingResponse {
@@ -152,4 +184,20 @@ func (a *attempt) unknownPool(ctx context.Context) *extprocv3.ProcessingResponse
 
 func (a *attempt) logger() slog.Logger {
 	return a.server.log.With(slog.F("request_id", a.id.RequestID))
+}
+
+// pathMayCarryKey reports whether :path has a query with "key" in it, reading the
+// value without the copy headerView.Get makes, so that most requests pay nothing for
+// the ?key= check.
+func pathMayCarryKey(h headerView) bool {
+	for _, hv := range h.headers {
+		if hv.GetKey() == ":path" {
+			raw := hv.GetRawValue()
+			if len(raw) == 0 {
+				return strings.Contains(hv.GetValue(), "key")
+			}
+			return bytes.Contains(raw, []byte("key"))
+		}
+	}
+	return false
 }

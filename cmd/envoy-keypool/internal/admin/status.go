@@ -37,6 +37,7 @@ type LastStatus struct {
 const (
 	stateAvailable = "available"
 	stateCooling   = "cooling"
+	stateProbing   = "probing"
 	stateDisabled  = "disabled"
 )
 
@@ -51,6 +52,9 @@ type statusKey struct {
 	Until       *time.Time  `json:"until,omitempty"`
 	SecondsLeft float64     `json:"seconds_left,omitempty"`
 	LastStatus  *LastStatus `json:"last_status,omitempty"`
+	// Models are the models the key has a state of its own for (cooling or probing
+	// for one model while serving the others), as "model: state".
+	Models []string `json:"models,omitempty"`
 }
 
 type statusPool struct {
@@ -88,15 +92,26 @@ func (h *Handler) statusView() statusView {
 		now := p.Pool.Now()
 		for i, s := range p.Pool.Status() {
 			k := statusKey{Priority: i + 1, ID: s.Key.ID(), State: stateAvailable}
-			if !s.Available(now) {
+			switch {
+			case s.Phase == keypool.PhaseProbing:
+				// The cooldown ended; one request at a time tries the key again.
+				k.State, k.Reason = stateProbing, string(s.Reason)
+			case !s.Available(now):
 				until := s.Cooldown.Until.UTC()
 				k.State, k.Reason, k.Until = stateCooling, string(s.Cooldown.Reason), &until
 				if s.Cooldown.Reason == keypool.ReasonDisabled {
 					k.State = stateDisabled
 				}
 				k.SecondsLeft = math.Ceil(until.Sub(now).Seconds())
-			} else {
+			default:
 				sp.Available++
+			}
+			for _, m := range s.Models {
+				state := stateCooling
+				if m.Phase == keypool.PhaseProbing {
+					state = stateProbing
+				}
+				k.Models = append(k.Models, m.Model+": "+state)
 			}
 			if h.opts.LastStatus != nil {
 				if ls, ok := h.opts.LastStatus(sp.Name, k.ID); ok {

@@ -44,7 +44,7 @@ func newStatusServer(t *testing.T, page bool) (*httptest.Server, *keypool.Pool, 
 func TestStatusPageShowsEachKeysStateAndNoSecret(t *testing.T) {
 	srv, pool, _ := newStatusServer(t, true)
 	ctx := context.Background()
-	pool.Fail(ctx, keypool.Attempt{RequestID: "r", Number: 1}, pool.Status()[0].Key, keypool.ReasonRateLimited,
+	pool.FailKey(ctx, keypool.Attempt{RequestID: "r", Number: 1}, pool.Status()[0].Key, keypool.ReasonRateLimited,
 		keypool.Hint{After: 90 * time.Second, Known: true})
 	if _, err := pool.Disable(ctx, "three", time.Hour); err != nil {
 		t.Fatal(err)
@@ -96,5 +96,16 @@ func TestStatusAPINeedsTheToken(t *testing.T) {
 	}
 	if v.Version != "v9.9.9-test" || v.Readiness != "ready" || len(v.Pools) != 1 || v.Pools[0].Available != 3 || len(v.Pools[0].Keys) != 3 {
 		t.Errorf("/v1/status = %+v", v)
+	}
+}
+
+func TestStatusPageShowsAKeyWhoseCooldownEndedAsProbing(t *testing.T) {
+	srv, pool, clock := newStatusServer(t, true)
+	pool.FailKey(context.Background(), keypool.Attempt{RequestID: "r", Number: 1}, pool.Status()[0].Key, keypool.ReasonRateLimited,
+		keypool.Hint{After: 10 * time.Second, Known: true})
+	clock.Advance(11 * time.Second)
+	_, body := do(t, "GET", srv.URL+"/status", "")
+	if !strings.Contains(body, `<tr id="key-one" data-state="probing">`) || !strings.Contains(body, `2 of 3 keys available`) {
+		t.Errorf("a key whose cooldown ended is not shown probing:\n%s", body)
 	}
 }

@@ -88,13 +88,11 @@ func buildTargets(cfg *config.Config, state keypool.State) (map[string]*extproc.
 	pools := make([]admin.Pool, 0, len(cfg.Pools))
 	for i := range cfg.Pools {
 		pc := &cfg.Pools[i]
-		pool, err := keypool.NewPool(keypool.PoolOptions{
-			Name: pc.Name, Keys: pc.ResolvedKeys(), Policy: pc.Policy(), State: state,
-		})
+		pool, err := keypool.NewPool(pc.PoolOptions(state))
 		if err != nil {
 			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
 		}
-		prov, err := providers.New(pc.Provider)
+		prov, err := providers.Build(pc.ProviderSpec())
 		if err != nil {
 			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
 		}
