@@ -14,8 +14,12 @@ RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 
 FROM build AS build-envoy-keypool
+# The version `envoy-keypool version` reports: docker build --build-arg VERSION=$(git describe --tags)
+ARG VERSION=dev
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    go build -trimpath -ldflags="-s -w" -o /out/envoy-keypool ./cmd/envoy-keypool
+    go build -trimpath \
+      -ldflags="-s -w -X github.com/envoy-keypool/envoy-keypool/cmd/envoy-keypool/internal/app.Version=${VERSION}" \
+      -o /out/envoy-keypool ./cmd/envoy-keypool
 
 FROM build AS build-mock-provider
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \

@@ -13,8 +13,10 @@ import (
 
 // Config is the whole configuration file.
 type Config struct {
-	// Listen holds the addresses the server listens on.
+	// Listen holds the listeners and limits of the servers.
 	Listen Listen `yaml:"listen"`
+	// Shutdown says how the server stops on SIGTERM.
+	Shutdown Shutdown `yaml:"shutdown"`
 	// Admin configures the admin API.
 	Admin Admin `yaml:"admin"`
 	// Log configures logging.
@@ -27,19 +29,15 @@ type Config struct {
 	Pools []Pool `yaml:"pools"`
 }
 
-// Listen holds listener addresses.
-type Listen struct {
-	// GRPC serves ext_proc and the gRPC health service. Default ":9001".
-	GRPC string `yaml:"grpc"`
-	// Admin serves /metrics, /healthz, /readyz and the key API. Default ":9002".
-	Admin string `yaml:"admin"`
-}
-
 // Admin configures the admin API.
 type Admin struct {
 	// Token guards the key API (listing, disabling and enabling keys). Without it the
 	// key API is off; /metrics and the health endpoints stay open. Default: none.
 	Token SecretRef `yaml:"token"`
+	// StatusPage serves the read-only status page on /status (pools, keys, their
+	// state; no key value, no hint), without the token, like /metrics, which already
+	// exports the same state. false turns it off. Default true.
+	StatusPage *bool `yaml:"status_page"`
 
 	token string // resolved Token
 }
@@ -124,8 +122,8 @@ func parse(r io.Reader) (*Config, error) {
 }
 
 func (c *Config) applyDefaults() {
-	setDefault(&c.Listen.GRPC, ":9001")
-	setDefault(&c.Listen.Admin, ":9002")
+	c.Listen.applyDefaults()
+	c.Shutdown.applyDefaults()
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "json")
 	c.Envoy.applyDefaults()
@@ -149,9 +147,8 @@ func fieldError(path string, err error) error {
 
 func (c *Config) validate() error {
 	var errs []error
-	if c.Listen.GRPC == c.Listen.Admin && !strings.HasSuffix(c.Listen.GRPC, ":0") {
-		errs = append(errs, fieldError("listen.admin", fmt.Errorf("same address as listen.grpc (%s)", c.Listen.GRPC)))
-	}
+	errs = append(errs, c.Listen.validate("listen")...)
+	errs = append(errs, c.Shutdown.validate("shutdown")...)
 	if c.Admin.Token != "" {
 		if err := c.Admin.Token.Check(); err != nil {
 			errs = append(errs, fieldError("admin.token", err))
@@ -210,6 +207,33 @@ func (c *Config) Pool(name string) (*Pool, bool) {
 	}
 	return nil, false
 }
+
+// SecretFiles lists the files the configuration reads secrets from (file:
+// references), each once, for a watcher that reloads when one changes.
+func (c *Config) SecretFiles() []string {
+	var refs []SecretRef
+	for _, p := range c.Pools {
+		for _, k := range p.Keys {
+			refs = append(refs, k.Secret)
+		}
+	}
+	refs = append(refs, c.Admin.Token)
+	if r := c.State.Redis; r != nil {
+		refs = append(refs, r.Password, r.SentinelPassword)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range refs {
+		if path, ok := strings.CutPrefix(string(r), "file:"); ok && !seen[path] {
+			seen[path] = true
+			out = append(out, path)
+		}
+	}
+	return out
+}
+
+// StatusPageOn reports whether the status page is served.
+func (c *Config) StatusPageOn() bool { return c.Admin.StatusPage == nil || *c.Admin.StatusPage }
 
 // AdminToken is the resolved admin token; "" when the key API is off.
 func (c *Config) AdminToken() string { return c.Admin.token }

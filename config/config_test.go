@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -270,6 +271,8 @@ func FuzzRead(f *testing.F) {
 	f.Add(validPool)
 	f.Add(validPool + "state:\n  redis: {url: \"redis://a:1\", timeout: 10ms}\n")
 	f.Add("pools: [{name: p, provider: anthropic, byok: allow, keys: [{id: a, secret: env:K1}], cooldowns: {forbidden: {default: 1s}}}]")
+	f.Add("listen: {grpc: \"unix:/run/k.sock\", socket_mode: \"0660\", admin: \":9\"}\nshutdown: {drain_delay: 0s}\n" + validPool)
+	f.Add("listen: {grpc: \"[::]:9001\", tls: {cert_file: /c, key_file: /k, client_ca_file: /ca}, max_concurrent_streams: 64}\n" + validPool)
 	f.Add("{{{")
 	f.Add("pools: 3")
 	f.Fuzz(func(t *testing.T, doc string) {
@@ -282,6 +285,17 @@ func FuzzRead(f *testing.F) {
 		}
 		if len(c.Pools) == 0 {
 			t.Fatal("accepted a configuration without pools")
+		}
+		// An accepted listener is usable as written.
+		if c.Listen.IsUnix() {
+			if c.Listen.SocketPath() == "" || c.Listen.SocketFileMode()&0o200 == 0 || c.Listen.TLS != nil {
+				t.Fatalf("accepted a Unix listener %+v", c.Listen)
+			}
+		} else if _, _, err := net.SplitHostPort(c.Listen.GRPC); err != nil {
+			t.Fatalf("accepted listen.grpc %q: %v", c.Listen.GRPC, err)
+		}
+		if c.Shutdown.Drain() < 0 || c.Shutdown.Timeout.Std() <= 0 {
+			t.Fatalf("accepted shutdown %+v", c.Shutdown)
 		}
 		for _, p := range c.Pools {
 			if len(p.ResolvedKeys()) != len(p.Keys) || len(p.Keys) == 0 {

@@ -14,11 +14,19 @@ var keypoolBinary string
 // repoRoot is the repository's top folder.
 const repoRoot = ".."
 
+// keypoolBinaryEnv names an envoy-keypool binary already built, for a child run of
+// the suite (TestSuiteOverUnixSocket).
+const keypoolBinaryEnv = "KEYPOOL_E2E_BINARY"
+
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
 }
 
 func run(m *testing.M) int {
+	if bin := os.Getenv(keypoolBinaryEnv); bin != "" {
+		keypoolBinary = bin
+		return m.Run()
+	}
 	if os.Getenv("KEYPOOL_E2E_TARGET") != "compose" {
 		dir, err := os.MkdirTemp("", "envoy-keypool-e2e-")
 		if err != nil {

@@ -394,51 +394,6 @@ func (tg *target) readyz(i int) string {
 	return body.Status
 }
 
-func TestReplicaKilledMidLoad(t *testing.T) {
-	tg := startTarget(t)
-	if tg.local == nil {
-		t.Skip("needs the local stack's stand-in to observe health checks")
-	}
-	var droppedAt atomic.Pointer[time.Time]
-	var failuresAfter atomic.Int64
-	var done atomic.Int64
-	stop := make(chan struct{})
-	result := make(chan int64, 1)
-	go func() {
-		n, _ := load(t, tg, 8, stop, func(ok bool, started time.Time) {
-			done.Add(1)
-			// A request that started before the replica was dropped may have picked
-			// it; one that started after must not fail.
-			if at := droppedAt.Load(); !ok && at != nil && started.After(*at) {
-				failuresAfter.Add(1)
-			}
-		})
-		result <- n
-	}()
-	waitFor(t, "load to start", 30*time.Second, func() bool { return done.Load() >= 20 })
-	dead := tg.local.Replicas[0].GRPCAddr
-	tg.killReplica(t, 0)
-	waitFor(t, "the stand-in's health checks to drop the killed replica", 30*time.Second, func() bool {
-		for _, a := range tg.local.Proxy.HealthyEndpoints("envoy_keypool") {
-			if a == dead {
-				return false
-			}
-		}
-		return true
-	})
-	now := time.Now()
-	droppedAt.Store(&now)
-	from := done.Load()
-	waitFor(t, "requests after the replica was dropped", 30*time.Second, func() bool { return done.Load() >= from+100 })
-	close(stop)
-	if n := <-result; n == 0 {
-		t.Fatal("no request succeeded")
-	}
-	if f := failuresAfter.Load(); f > 0 {
-		t.Fatalf("%d requests failed after the health checks dropped the killed replica", f)
-	}
-}
-
 func TestConcurrentClientsWithFailingKeys(t *testing.T) {
 	tg := startTarget(t)
 	keys := tg.keys["openai"]

@@ -31,6 +31,13 @@ type target struct {
 // that no key value leaked into Redis or any log.
 func startTarget(t *testing.T) *target {
 	t.Helper()
+	return startTargetWith(t, nil)
+}
+
+// startTargetWith is startTarget with the local stack's options changed by edit
+// (nil: as they are). Over docker-compose, edit does not apply.
+func startTargetWith(t *testing.T, edit func(*stack.Options)) *target {
+	t.Helper()
 	if os.Getenv("KEYPOOL_E2E_TARGET") == "compose" {
 		return composeTarget(t)
 	}
@@ -45,12 +52,19 @@ func startTarget(t *testing.T) *target {
 	if logTo != nil {
 		opts.Log = logTo
 	}
+	if os.Getenv(listenEnv) == "unix" {
+		opts.UnixSockets = true
+	}
+	if edit != nil {
+		edit(&opts)
+	}
 	s, err := stack.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tg := &target{url: s.URL, mock: s.Mock, keys: s.Keys, adminToken: s.AdminToken, local: s, redis: redis}
 	for _, r := range s.Replicas {
+		// A restarted replica comes back on the same addresses.
 		tg.adminURLs = append(tg.adminURLs, "http://"+r.AdminAddr)
 	}
 	t.Cleanup(func() {

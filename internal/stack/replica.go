@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,7 +31,7 @@ var readyLine = regexp.MustCompile(`envoy-keypool ready grpc=(\S+) admin=(\S+)`)
 // startReplica runs `binary serve --config configPath` with env and waits for its
 // ready line.
 func startReplica(ctx context.Context, binary, configPath string, env []string, logTo io.Writer) (*Replica, error) {
-	cmd := exec.Command(binary, "serve", "--config", configPath, "--shutdown-timeout", "5s")
+	cmd := exec.Command(binary, "serve", "--config", configPath)
 	cmd.Env = append(os.Environ(), env...)
 	logs := &syncbuf.Buffer{}
 	var stderr io.Writer = logs
@@ -81,10 +82,35 @@ func (r *Replica) Kill() {
 	<-r.done
 }
 
-// Stop asks the process to shut down (SIGTERM) and waits until it did or ctx ends,
-// then kills it. It reports how the process exited.
+// Stop asks the process to shut down (SIGTERM: its drain delay, then a graceful
+// stop) and waits until it did or ctx ends, then kills it. It reports how the
+// process exited.
 func (r *Replica) Stop(ctx context.Context) error {
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	return r.wait(ctx)
+}
+
+// StopNow shuts the process down without the drain delay (a second SIGTERM skips
+// it), for tearing a stack down, and waits as Stop does. SIGTERM is sent again until
+// the process exits: two signals sent back to back may reach it as one (a pending
+// standard signal is not queued twice).
+func (r *Replica) StopNow(ctx context.Context) error {
+	_ = r.cmd.Process.Signal(syscall.SIGTERM)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.done:
+			return r.wait(ctx)
+		case <-ctx.Done():
+			return r.wait(ctx)
+		case <-tick.C:
+			_ = r.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	}
+}
+
+func (r *Replica) wait(ctx context.Context) error {
 	select {
 	case <-r.done:
 	case <-ctx.Done():
@@ -92,7 +118,7 @@ func (r *Replica) Stop(ctx context.Context) error {
 		return fmt.Errorf("envoy-keypool did not stop in time: %w", ctx.Err())
 	}
 	if code := r.cmd.ProcessState.ExitCode(); code != 0 {
-		return fmt.Errorf("envoy-keypool exited with code %d", code)
+		return fmt.Errorf("envoy-keypool exited with code %d (%s)", code, r.cmd.ProcessState)
 	}
 	return nil
 }
@@ -110,16 +136,19 @@ func (r *Replica) Exited() bool {
 // Logs is everything the process wrote (stdout and stderr).
 func (r *Replica) Logs() string { return r.logs.String() }
 
-// stopAll stops replicas within d in total, returning their errors joined.
+// stopAll stops replicas at once and together within d, returning their errors
+// joined.
 func stopAll(replicas []*Replica, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	var errs []error
-	for _, r := range replicas {
+	errs := make([]error, len(replicas))
+	var wg sync.WaitGroup
+	for i, r := range replicas {
 		if r.Exited() {
 			continue
 		}
-		errs = append(errs, r.Stop(ctx))
+		wg.Go(func() { errs[i] = r.StopNow(ctx) })
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }

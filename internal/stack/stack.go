@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/envoy-keypool/envoy-keypool/config"
@@ -46,6 +48,17 @@ type Options struct {
 	// edited file (envoy.Generate) instead of envoy/compose/envoy.yaml, so tests may
 	// add pools or change their settings. Default: nil, the compose files as they are.
 	Configure func(tree map[string]any)
+	// UnixSockets serves each replica's ext_proc on a Unix domain socket, and runs
+	// the Envoy configuration generated for those sockets (pipe addresses), which the
+	// stand-in dials as Envoy dials a pipe. Default false: loopback TCP.
+	UnixSockets bool
+	// SecretFiles gives the keys to the replicas as files of a Kubernetes-style
+	// Secret mount (file: secrets) instead of environment variables, so tests can
+	// rotate them (Stack.SetKey) and watch the replicas reload. Default false.
+	SecretFiles bool
+	// DrainDelay is the replicas' shutdown.drain_delay for Replica.Stop and
+	// Stack.Restart. Stack.Close skips it. Default 0.
+	DrainDelay time.Duration
 }
 
 // Key is one pool key as the stack configured it: its id and its fake value.
@@ -60,21 +73,36 @@ type Stack struct {
 	URL string
 	// Mock programs and reads the mock provider.
 	Mock *mockprovider.Client
-	// Replicas are the envoy-keypool processes.
+	// Replicas are the envoy-keypool processes. Restart replaces an entry.
 	Replicas []*Replica
 	// Proxy is the Envoy stand-in.
 	Proxy *standin.Proxy
-	// Keys lists each pool's keys in priority order.
+	// Keys lists each pool's keys in priority order (EditConfig and SetKey change
+	// them: read them between changes, not during).
 	Keys map[string][]Key
 	// AdminToken is the token of the replicas' key API.
 	AdminToken string
 
+	opts      Options
 	mock      *httptest.Server
 	stopProxy context.CancelFunc
 	proxyLogs *syncbuf.Buffer
 	tempDir   string
 	closeOnce sync.Once
+
+	mu        sync.Mutex        // protects tree, envValues, secrets, Keys, pastValues, retired and Replicas' entries
+	tree      map[string]any    // the envoy-keypool configuration, listeners aside
+	envValues map[string]string // the env: secrets, given to the replicas' environment
+	secrets   *secretMount      // nil unless Options.SecretFiles
+	// pastValues are key values no longer configured, still searched for in logs.
+	pastValues []string
+	// listen are each replica's fixed listeners, kept across restarts.
+	listen []listeners
+	// retired are replicas replaced by a restart, whose logs are still searched.
+	retired []*Replica
 }
+
+type listeners struct{ grpc, admin string }
 
 // Start brings the chain up and returns when every part is ready (the stand-in
 // has health-checked every replica once).
@@ -89,7 +117,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Stack{tempDir: tempDir, proxyLogs: &syncbuf.Buffer{}, Keys: map[string][]Key{}}
+	s := &Stack{opts: opts, tempDir: tempDir, proxyLogs: &syncbuf.Buffer{}, Keys: map[string][]Key{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -100,32 +128,33 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.mock = httptest.NewServer(mock)
 	s.Mock = &mockprovider.Client{BaseURL: s.mock.URL}
 
-	cfgPath, env, cfg, err := s.writeKeypoolConfig(opts)
+	for i := range opts.Replicas {
+		l := listeners{}
+		if opts.UnixSockets {
+			l.grpc = config.UnixPrefix + filepath.Join(tempDir, fmt.Sprintf("replica-%d.sock", i+1))
+		} else if l.grpc, err = freeAddr(); err != nil {
+			return nil, err
+		}
+		if l.admin, err = freeAddr(); err != nil {
+			return nil, err
+		}
+		s.listen = append(s.listen, l)
+	}
+	cfg, err := s.prepareConfig()
 	if err != nil {
 		return nil, err
 	}
-	for range opts.Replicas {
-		r, err := startReplica(ctx, opts.KeypoolBinary, cfgPath, env, opts.Log)
+	for i := range opts.Replicas {
+		r, err := s.startReplica(ctx, i)
 		if err != nil {
 			return nil, err
 		}
 		s.Replicas = append(s.Replicas, r)
 	}
 
-	bs, err := envoy.LoadBootstrap(filepath.Join(opts.RepoRoot, "envoy", "compose", "envoy.yaml"))
-	if opts.Configure != nil {
-		bs, err = envoy.Generate(cfg)
-	}
+	bs, endpoints, err := s.envoyConfig(cfg)
 	if err != nil {
 		return nil, err
-	}
-	endpoints := map[string][]string{}
-	for _, r := range s.Replicas {
-		endpoints[envoy.KeypoolCluster] = append(endpoints[envoy.KeypoolCluster], r.GRPCAddr)
-	}
-	mockAddr := strings.TrimPrefix(s.mock.URL, "http://")
-	for pool := range s.Keys {
-		endpoints[pool] = []string{mockAddr} // provider clusters are named after their pool
 	}
 	var proxyLog io.Writer = s.proxyLogs
 	if opts.Log != nil {
@@ -149,19 +178,53 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	return s, nil
 }
 
-// writeKeypoolConfig rewrites envoy/compose/keypool.yaml for this machine: loopback
-// listeners on free ports, the given Redis (with a prefix of its own, so stacks can
-// share one Redis) or in-memory state, and fake key values in the environment.
-func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, *config.Config, error) {
+// envoyConfig is the Envoy bootstrap the stand-in runs, and the endpoints it
+// overrides: the shipped compose bootstrap with the replicas' and the mock's local
+// addresses, or, when the stack changes the configuration or serves over sockets,
+// the bootstrap generated for it.
+func (s *Stack) envoyConfig(cfg *config.Config) (*bootstrapv3.Bootstrap, map[string][]string, error) {
+	endpoints := map[string][]string{}
+	mockAddr := strings.TrimPrefix(s.mock.URL, "http://")
+	for pool := range s.Keys {
+		endpoints[pool] = []string{mockAddr} // provider clusters are named after their pool
+	}
+	if s.opts.UnixSockets {
+		// Envoy reaches the replicas through the pipe addresses generated from
+		// envoy.keypool_addresses; nothing is overridden.
+		cfg.Envoy.KeypoolAddresses = nil
+		for _, l := range s.listen {
+			cfg.Envoy.KeypoolAddresses = append(cfg.Envoy.KeypoolAddresses, l.grpc)
+		}
+		// The generator checks the replicas' listener against the addresses.
+		cfg.Listen.GRPC = s.listen[0].grpc
+		bs, err := envoy.Generate(cfg)
+		return bs, endpoints, err
+	}
+	for _, l := range s.listen {
+		endpoints[envoy.KeypoolCluster] = append(endpoints[envoy.KeypoolCluster], l.grpc)
+	}
+	if s.opts.Configure != nil {
+		bs, err := envoy.Generate(cfg)
+		return bs, endpoints, err
+	}
+	bs, err := envoy.LoadBootstrap(filepath.Join(s.opts.RepoRoot, "envoy", "compose", "envoy.yaml"))
+	return bs, endpoints, err
+}
+
+// prepareConfig reads envoy/compose/keypool.yaml and adapts it to this machine: the
+// given Redis (with a prefix of its own, so stacks can share one Redis) or in-memory
+// state, fake key values (in the environment, or as files), then writes each
+// replica's file. It returns the configuration as the replicas read it.
+func (s *Stack) prepareConfig() (*config.Config, error) {
+	opts := s.opts
 	src, err := os.ReadFile(filepath.Join(opts.RepoRoot, "envoy", "compose", "keypool.yaml"))
 	if err != nil {
-		return "", nil, nil, err
+		return nil, err
 	}
 	var tree map[string]any
 	if err := yaml.Unmarshal(src, &tree); err != nil {
-		return "", nil, nil, fmt.Errorf("envoy/compose/keypool.yaml: %w", err)
+		return nil, fmt.Errorf("envoy/compose/keypool.yaml: %w", err)
 	}
-	tree["listen"] = map[string]any{"grpc": "127.0.0.1:0", "admin": "127.0.0.1:0"}
 	format := opts.LogFormat
 	if format == "" {
 		format = "json"
@@ -179,13 +242,11 @@ func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, *config.Conf
 	if opts.Configure != nil {
 		opts.Configure(tree)
 	}
-	out, err := yaml.Marshal(tree)
-	if err != nil {
-		return "", nil, nil, err
-	}
-	path := filepath.Join(s.tempDir, "keypool.yaml")
-	if err := os.WriteFile(path, out, 0o600); err != nil {
-		return "", nil, nil, err
+	if opts.SecretFiles {
+		s.secrets, err = newSecretMount(filepath.Join(s.tempDir, "secrets"))
+		if err != nil {
+			return nil, err
+		}
 	}
 
 	// Every secret the configuration names gets a fake value, made up on first use.
@@ -196,9 +257,38 @@ func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, *config.Conf
 		}
 		return values[name], true
 	}
-	cfg, err := config.Read(bytes.NewReader(out), fakeEnv)
+	body, err := yaml.Marshal(tree)
 	if err != nil {
-		return "", nil, nil, fmt.Errorf("rewritten compose config: %w", err)
+		return nil, err
+	}
+	cfg, err := config.Read(bytes.NewReader(body), fakeEnv)
+	if err != nil {
+		return nil, fmt.Errorf("rewritten compose config: %w", err)
+	}
+	if s.secrets != nil {
+		// Each key's secret becomes a file named after its variable; the values stay.
+		files := map[string]string{}
+		for _, p := range cfg.Pools {
+			for _, k := range p.Keys {
+				name, ok := strings.CutPrefix(string(k.Secret), "env:")
+				if !ok {
+					continue
+				}
+				files[name] = values[name]
+				delete(values, name)
+			}
+		}
+		if err := s.secrets.update(files); err != nil {
+			return nil, err
+		}
+		setKeySecrets(tree, func(ref string) string {
+			if name, ok := strings.CutPrefix(ref, "env:"); ok {
+				if _, isFile := files[name]; isFile {
+					return "file:" + s.secrets.path(name)
+				}
+			}
+			return ref
+		})
 	}
 	for _, p := range cfg.Pools {
 		for _, k := range p.ResolvedKeys() {
@@ -206,16 +296,203 @@ func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, *config.Conf
 		}
 	}
 	s.AdminToken = cfg.AdminToken()
-	env := make([]string, 0, len(values))
-	for name, v := range values {
-		env = append(env, name+"="+v)
+	s.envValues = values
+	s.tree = tree
+	if err := s.writeConfigs(); err != nil {
+		return nil, err
 	}
-	return path, env, cfg, nil
+	return cfg, nil
 }
 
-// Logs is everything the replicas and the stand-in wrote.
+// setKeySecrets rewrites every pool key's secret reference in tree with f.
+func setKeySecrets(tree map[string]any, f func(ref string) string) {
+	pools, _ := tree["pools"].([]any)
+	for _, p := range pools {
+		pm, _ := p.(map[string]any)
+		keys, _ := pm["keys"].([]any)
+		for _, k := range keys {
+			km, _ := k.(map[string]any)
+			if ref, ok := km["secret"].(string); ok {
+				km["secret"] = f(ref)
+			}
+		}
+	}
+}
+
+// configPath is replica i's configuration file.
+func (s *Stack) configPath(i int) string {
+	return filepath.Join(s.tempDir, fmt.Sprintf("keypool-%d.yaml", i+1))
+}
+
+// writeConfigs writes each replica's file: the shared tree with its listeners. A
+// file is replaced by a rename, as editors and configuration tools do, so a replica
+// never reads half of it. The caller holds mu, or is Start.
+func (s *Stack) writeConfigs() error {
+	for i, l := range s.listen {
+		tree := map[string]any{}
+		for k, v := range s.tree {
+			tree[k] = v
+		}
+		tree["listen"] = map[string]any{"grpc": l.grpc, "admin": l.admin}
+		tree["shutdown"] = map[string]any{"drain_delay": s.opts.DrainDelay.String(), "timeout": "5s"}
+		out, err := yaml.Marshal(tree)
+		if err != nil {
+			return err
+		}
+		tmp := s.configPath(i) + ".tmp"
+		if err := os.WriteFile(tmp, out, 0o600); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, s.configPath(i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Stack) startReplica(ctx context.Context, i int) (*Replica, error) {
+	s.mu.Lock()
+	env := make([]string, 0, len(s.envValues))
+	for name, v := range s.envValues {
+		env = append(env, name+"="+v)
+	}
+	s.mu.Unlock()
+	return startReplica(ctx, s.opts.KeypoolBinary, s.configPath(i), env, s.opts.Log)
+}
+
+// Restart stops replica i as a rolling update does (SIGTERM: the drain delay, then a
+// graceful stop) and starts it again on the same addresses. It returns once the new
+// process is ready; the stand-in's health checks put it back in rotation.
+func (s *Stack) Restart(ctx context.Context, i int) error {
+	s.mu.Lock()
+	old := s.Replicas[i]
+	s.mu.Unlock()
+	if err := old.Stop(ctx); err != nil {
+		return fmt.Errorf("stop replica %d: %w", i+1, err)
+	}
+	r, err := s.startReplica(ctx, i)
+	if err != nil {
+		return fmt.Errorf("start replica %d again: %w", i+1, err)
+	}
+	s.mu.Lock()
+	s.retired = append(s.retired, old)
+	s.Replicas[i] = r
+	s.mu.Unlock()
+	return nil
+}
+
+// Replica returns replica i (Restart replaces it).
+func (s *Stack) Replica(i int) *Replica {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Replicas[i]
+}
+
+// EditConfig changes the configuration every replica reads (edit gets the YAML
+// tree, listeners aside) and rewrites their files: each replica sees the change and
+// reloads. Stack.Keys follows what the new file configures (a broken file, which the
+// replicas refuse, leaves it as it was). A new key's file: secret must exist first
+// (SetKey).
+func (s *Stack) EditConfig(edit func(tree map[string]any)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	edit(s.tree)
+	if err := s.writeConfigs(); err != nil {
+		return err
+	}
+	s.refreshKeys()
+	return nil
+}
+
+// SetKey writes value as the secret of key id of pool (a new key, or a rotation)
+// into the Secret mount, with the kubelet's atomic ..data swap, and returns the
+// reference that names it in the configuration. It needs Options.SecretFiles.
+func (s *Stack) SetKey(pool, id, value string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.secrets == nil {
+		return "", errors.New("stack: SetKey needs Options.SecretFiles")
+	}
+	name := secretName(pool, id)
+	if ref, ok := keySecret(s.tree, pool, id); ok {
+		if file, isFile := strings.CutPrefix(ref, "file:"); isFile {
+			name = filepath.Base(file)
+		}
+	}
+	files := s.secrets.current()
+	files[name] = value
+	if err := s.secrets.update(files); err != nil {
+		return "", err
+	}
+	s.refreshKeys()
+	return "file:" + s.secrets.path(name), nil
+}
+
+// keySecret is the secret reference of key id of pool in tree.
+func keySecret(tree map[string]any, pool, id string) (string, bool) {
+	pools, _ := tree["pools"].([]any)
+	for _, p := range pools {
+		pm, _ := p.(map[string]any)
+		if pm["name"] != pool {
+			continue
+		}
+		keys, _ := pm["keys"].([]any)
+		for _, k := range keys {
+			km, _ := k.(map[string]any)
+			if km["id"] == id {
+				ref, ok := km["secret"].(string)
+				return ref, ok
+			}
+		}
+	}
+	return "", false
+}
+
+// refreshKeys reads the keys the configuration names now into Keys; values no
+// longer configured are kept for the log scans. The caller holds mu.
+func (s *Stack) refreshKeys() {
+	body, err := yaml.Marshal(s.tree)
+	if err != nil {
+		return
+	}
+	cfg, err := config.Read(bytes.NewReader(body), func(name string) (string, bool) {
+		v, ok := s.envValues[name]
+		return v, ok
+	})
+	if err != nil {
+		return // the replicas refuse it too, and keep their keys
+	}
+	now := map[string]bool{}
+	keys := map[string][]Key{}
+	for _, p := range cfg.Pools {
+		for _, k := range p.ResolvedKeys() {
+			keys[p.Name] = append(keys[p.Name], Key{Pool: p.Name, ID: k.ID(), Value: k.Value()})
+			now[k.Value()] = true
+		}
+	}
+	for _, ks := range s.Keys {
+		for _, k := range ks {
+			if !now[k.Value] {
+				s.pastValues = append(s.pastValues, k.Value)
+			}
+		}
+	}
+	s.Keys = keys
+}
+
+func secretName(pool, id string) string {
+	return strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(pool + "_" + id))
+}
+
+// Logs is everything the replicas (those a restart replaced included) and the
+// stand-in wrote.
 func (s *Stack) Logs() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var b strings.Builder
+	for i, r := range s.retired {
+		fmt.Fprintf(&b, "== envoy-keypool (replaced by a restart) %d\n%s", i+1, r.Logs())
+	}
 	for i, r := range s.Replicas {
 		fmt.Fprintf(&b, "== envoy-keypool replica %d\n%s", i+1, r.Logs())
 	}
@@ -223,9 +500,12 @@ func (s *Stack) Logs() string {
 	return b.String()
 }
 
-// KeyValues lists every key value the stack configured, for secret scans.
+// KeyValues lists every key value the stack configured, those rotated away or
+// removed included, for secret scans.
 func (s *Stack) KeyValues() []string {
-	var out []string
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := append([]string(nil), s.pastValues...)
 	for _, keys := range s.Keys {
 		for _, k := range keys {
 			out = append(out, k.Value)
@@ -234,7 +514,8 @@ func (s *Stack) KeyValues() []string {
 	return out
 }
 
-// Close stops everything: replicas get SIGTERM and a few seconds to drain.
+// Close stops everything. The replicas are stopped at once (a second SIGTERM skips
+// the drain delay), each given a few seconds for streams in flight.
 func (s *Stack) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
@@ -251,6 +532,18 @@ func (s *Stack) Close() error {
 		_ = os.RemoveAll(s.tempDir)
 	})
 	return err
+}
+
+// freeAddr returns a loopback address with a port free right now. The replicas
+// need fixed addresses: the stand-in's endpoints are set once, and a restarted
+// replica must come back where it was.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
 
 func randomHex(n int) string {

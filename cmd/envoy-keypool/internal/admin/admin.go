@@ -1,6 +1,8 @@
 // Package admin is envoy-keypool's admin HTTP API: Prometheus metrics, liveness
-// and readiness, and the key-state API (list keys with masked hints, disable,
-// enable) guarded by a bearer token. It shows key ids and hints, never values.
+// and readiness, a read-only status page, and the key-state API (the replica's
+// status, keys with masked hints, disable, enable) guarded by a bearer token. It
+// shows key ids and hints, never values; the open endpoints (/metrics, /status)
+// show no hint either.
 package admin
 
 import (
@@ -8,7 +10,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
-	"sync/atomic"
+	"time"
 
 	"cdr.dev/slog/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,15 +35,27 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Ready reports why the server is degraded, nil when it is not. Default: always ready.
 	Ready func() error
+	// Draining reports that the process is shutting down: /readyz answers 503.
+	// Default: never.
+	Draining func() bool
 	// Logger records operators' actions. Default: discard.
 	Logger slog.Logger
+	// Info describes the process on /status and /v1/status. Default: nothing.
+	Info func() ProcessInfo
+	// StatusPage serves the read-only page /status, without the token. Default off.
+	StatusPage bool
+	// LastStatus is the last upstream status this replica saw for a key. Default:
+	// none shown.
+	LastStatus func(pool, keyID string) (LastStatus, bool)
+	// Clock tells the time of the status page. Default: the system clock.
+	Clock keypool.Clock
 }
 
-// Handler serves the admin API.
+// Handler serves the admin API. It is immutable: a configuration reload builds a
+// new one.
 type Handler struct {
-	mux      *http.ServeMux
-	opts     Options
-	draining atomic.Bool
+	mux  *http.ServeMux
+	opts Options
 }
 
 // NewHandler returns the admin API for opts.
@@ -49,12 +63,22 @@ func NewHandler(opts Options) *Handler {
 	if opts.Ready == nil {
 		opts.Ready = func() error { return nil }
 	}
+	if opts.Clock == nil {
+		opts.Clock = keypool.ClockFunc(time.Now)
+	}
+	if opts.Draining == nil {
+		opts.Draining = func() bool { return false }
+	}
 	h := &Handler{mux: http.NewServeMux(), opts: opts}
 	if opts.Gatherer != nil {
 		h.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
+	if opts.StatusPage {
+		h.mux.HandleFunc("GET /status", h.statusPage)
+	}
+	h.mux.HandleFunc("GET /v1/status", h.authorized(h.apiStatus))
 	h.mux.HandleFunc("GET /v1/keys", h.authorized(h.listKeys))
 	h.mux.HandleFunc("POST /v1/pools/{pool}/keys/{key}/disable", h.authorized(h.disableKey))
 	h.mux.HandleFunc("POST /v1/pools/{pool}/keys/{key}/enable", h.authorized(h.enableKey))
@@ -63,9 +87,6 @@ func NewHandler(opts Options) *Handler {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
-
-// Drain makes /readyz answer 503 from now on: the process is shutting down.
-func (h *Handler) Drain() { h.draining.Store(true) }
 
 func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -76,7 +97,7 @@ func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
 // replica out of rotation during a Redis outage would turn a degraded pool into an
 // outage. The body says "degraded" and why; only draining answers 503.
 func (h *Handler) readyz(w http.ResponseWriter, _ *http.Request) {
-	if h.draining.Load() {
+	if h.opts.Draining() {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "draining"})
 		return
 	}

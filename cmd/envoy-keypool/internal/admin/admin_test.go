@@ -24,7 +24,7 @@ const (
 	value2 = "test-admin-key-value-two-BBBB"
 )
 
-func newServer(t *testing.T, tok string, ready func() error) (*httptest.Server, *admin.Handler, *keypool.Pool) {
+func newServer(t *testing.T, tok string, ready func() error) (*httptest.Server, *atomic.Bool, *keypool.Pool) {
 	t.Helper()
 	clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	pool, err := keypool.NewPool(keypool.PoolOptions{Name: "openai", Clock: clock, Keys: []keypool.Key{
@@ -36,10 +36,11 @@ func newServer(t *testing.T, tok string, ready func() error) (*httptest.Server, 
 	pools := []admin.Pool{{Pool: pool, Provider: "openai"}}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(admin.NewKeyStateCollector(pools))
-	h := admin.NewHandler(admin.Options{Pools: pools, Token: tok, Gatherer: reg, Ready: ready})
+	var draining atomic.Bool
+	h := admin.NewHandler(admin.Options{Pools: pools, Token: tok, Gatherer: reg, Ready: ready, Draining: draining.Load})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return srv, h, pool
+	return srv, &draining, pool
 }
 
 func do(t *testing.T, method, url, tok string) (int, string) {
@@ -146,7 +147,7 @@ func TestDisableAndEnable(t *testing.T) {
 
 func TestReadiness(t *testing.T) {
 	var degraded atomic.Pointer[error]
-	srv, h, _ := newServer(t, token, func() error {
+	srv, draining, _ := newServer(t, token, func() error {
 		if e := degraded.Load(); e != nil {
 			return *e
 		}
@@ -161,7 +162,7 @@ func TestReadiness(t *testing.T) {
 	if code != 200 || !strings.Contains(body, `"degraded"`) || !strings.Contains(body, "redis unreachable") {
 		t.Errorf("degraded: %d %s, want 200 saying degraded and why", code, body)
 	}
-	h.Drain()
+	draining.Store(true)
 	if code, body := do(t, "GET", srv.URL+"/readyz", ""); code != 503 || !strings.Contains(body, "draining") {
 		t.Errorf("draining: %d %s, want 503", code, body)
 	}

@@ -103,21 +103,32 @@ var readyLine = regexp.MustCompile(`envoy-keypool ready grpc=(\S+) admin=(\S+)`)
 
 type running struct {
 	grpcAddr, adminAddr string
+	configPath          string
 	stdout, stderr      *lineWriter
+	signals             chan os.Signal
 	stop                func() int
 }
 
-func start(t *testing.T, cfg string) *running {
+// start serves cfg with extra serve flags (by default no drain delay: tests that
+// need one say so).
+func start(t *testing.T, cfg string, flags ...string) *running {
 	t.Helper()
 	setSecrets(t)
-	path := writeConfig(t, cfg)
+	return startFile(t, writeConfig(t, cfg), flags...)
+}
+
+// startFile serves the configuration file at path; the test's secrets must be set.
+func startFile(t *testing.T, path string, flags ...string) *running {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	stdout, stderr := newLineWriter(), newLineWriter()
 	done := make(chan int, 1)
+	signals := make(chan os.Signal, 4)
 	waitCtx, waitCancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer waitCancel()
 	go func() {
-		code := app.Main(ctx, []string{"serve", "--config", path}, stdout, stderr)
+		args := append([]string{"serve", "--config", path, "--drain-delay", "0s"}, flags...)
+		code := app.Run(ctx, args, stdout, stderr, signals)
 		waitCancel() // no ready line will come
 		done <- code
 	}()
@@ -128,10 +139,11 @@ func start(t *testing.T, cfg string) *running {
 	}
 	var once sync.Once
 	code := -1
-	r := &running{grpcAddr: m[1], adminAddr: m[2], stdout: stdout, stderr: stderr, stop: func() int {
-		once.Do(func() { cancel(); code = <-done })
-		return code
-	}}
+	r := &running{grpcAddr: m[1], adminAddr: m[2], configPath: path, stdout: stdout, stderr: stderr, signals: signals,
+		stop: func() int {
+			once.Do(func() { cancel(); code = <-done })
+			return code
+		}}
 	t.Cleanup(func() {
 		r.stop()
 		for name, v := range testSecrets {
@@ -186,7 +198,7 @@ func TestServeInjectsKeysAndShutsDownCleanly(t *testing.T) {
 	go func() { stopped <- r.stop() }()
 	waitCtx, waitCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer waitCancel()
-	if _, err := r.stderr.waitFor(waitCtx, regexp.MustCompile(`draining in-flight streams`)); err != nil {
+	if _, err := r.stderr.waitFor(waitCtx, regexp.MustCompile(`waiting for the streams in flight`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := stream.Send(&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{

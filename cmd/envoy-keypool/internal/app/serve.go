@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"cdr.dev/slog/v3"
@@ -14,62 +17,91 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/envoy-keypool/envoy-keypool/cmd/envoy-keypool/internal/admin"
 	"github.com/envoy-keypool/envoy-keypool/config"
 	"github.com/envoy-keypool/envoy-keypool/extproc"
-	"github.com/envoy-keypool/envoy-keypool/keypool"
-	"github.com/envoy-keypool/envoy-keypool/providers"
 )
 
 type serveOptions struct {
-	ShutdownTimeout time.Duration
-	Stdout, Stderr  io.Writer
+	// ConfigPath is the file the configuration was loaded from, watched for changes.
+	ConfigPath string
+	// Load reads the configuration again, for a reload.
+	Load func() (*config.Config, error)
+	// Signals delivers SIGHUP (reload) and SIGTERM/SIGINT (shut down); nil: none,
+	// ctx ending shuts down.
+	Signals        <-chan os.Signal
+	Stdout, Stderr io.Writer
 }
 
-// serve runs the server until ctx ends, then drains: the gRPC health service turns
-// NOT_SERVING so Envoy's health checks move new streams to other replicas, and
-// in-flight streams get up to ShutdownTimeout to finish.
+// server is one running envoy-keypool: the settings fixed at start, and the
+// snapshot of what a reload may change.
+type server struct {
+	log        slog.Logger
+	started    *config.Config // the configuration at start: listeners, state, shutdown
+	configPath string
+	load       func() (*config.Config, error)
+	reg        *prometheus.Registry
+	state      *stateBackend
+	metrics    *extproc.Metrics
+	ext        *extproc.Server // one for the process: reloads give it new targets (SetTargets)
+	certs      *certificates   // nil without TLS
+	reloads    *reloadMetrics
+	watcher    *fileWatcher // nil when the file system cannot be watched
+
+	startedAt     time.Time
+	cur           atomic.Pointer[snapshot]
+	draining      atomic.Bool
+	lastReloadErr atomic.Pointer[string] // why the last reload was refused; nil when applied
+	reloadCh      chan string            // reload requests, by what asked for them
+}
+
+// serve runs the server until ctx ends or a SIGTERM/SIGINT arrives, reloading on
+// SIGHUP and on file changes, then shuts down: see shutdown.
 func serve(ctx context.Context, cfg *config.Config, opts serveOptions) error {
 	log := newLogger(opts.Stderr, cfg.Log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	s := &server{
+		log: log, started: cfg, reg: reg, metrics: extproc.NewMetrics(reg),
+		reloads: newReloadMetrics(reg), reloadCh: make(chan string, 1),
+		configPath: opts.ConfigPath, load: opts.Load, startedAt: time.Now(),
+	}
+	if exposed, why := cfg.Listen.Exposed(); exposed {
+		log.Warn(ctx, "INSECURE LISTENER: "+why)
+	}
+	if cfg.Listen.TLS != nil {
+		certs, err := newCertificates(*cfg.Listen.TLS)
+		if err != nil {
+			return err
+		}
+		s.certs = certs
+	}
 
 	st, err := newState(ctx, cfg, log, reg)
 	if err != nil {
 		return err
 	}
 	defer st.close()
+	s.state = st
 
-	targets, pools, err := buildTargets(cfg, st.state)
+	targets, first, err := s.build(cfg)
 	if err != nil {
 		return err
 	}
-	ext, err := extproc.NewServer(extproc.Options{
-		Targets: targets,
-		Headers: extproc.Headers{
-			PoolMetadataKey: cfg.Envoy.PoolMetadataKey,
-			RequestID:       cfg.Envoy.RequestIDHeader,
-			AttemptCount:    cfg.Envoy.AttemptCountHeader,
-			RetryMarker:     cfg.Envoy.RetryMarkerHeader,
-		},
-		Logger:   log.Named("extproc"),
-		LogLevel: logLevel(cfg.Log),
-		// The generated Envoy configuration allows the mode override exactly when
-		// this is on (envoy.classify_error_bodies).
-		ClassifyBodies: cfg.Envoy.ClassifiesErrorBodies(),
-		Metrics:        extproc.NewMetrics(reg),
-	})
-	if err != nil {
+	if s.ext, err = s.newExtProc(cfg, targets); err != nil {
 		return err
 	}
-	reg.MustRegister(admin.NewKeyStateCollector(pools))
+	s.cur.Store(first)
+	rec := newRecoverer(log.Named("grpc"), reg, func(v string) string { return s.cur.Load().redact(v) })
+	reg.MustRegister(currentKeyState{&s.cur})
 
-	grpcLis, err := net.Listen("tcp", cfg.Listen.GRPC)
+	grpcLis, grpcAddr, err := listenGRPC(cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("listen.grpc: %w", err)
+		return err
 	}
 	adminLis, err := net.Listen("tcp", cfg.Listen.Admin)
 	if err != nil {
@@ -77,78 +109,150 @@ func serve(ctx context.Context, cfg *config.Config, opts serveOptions) error {
 		return fmt.Errorf("listen.admin: %w", err)
 	}
 
-	gs := grpc.NewServer()
-	extprocv3.RegisterExternalProcessorServer(gs, ext)
+	var creds credentials.TransportCredentials
+	if s.certs != nil {
+		creds = s.certs.credentials()
+	}
+	gs := grpc.NewServer(grpcServerOptions(cfg.Listen, creds, rec)...)
+	extprocv3.RegisterExternalProcessorServer(gs, s.ext)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
-
-	adminHandler := admin.NewHandler(admin.Options{
-		Pools:    pools,
-		Token:    cfg.AdminToken(),
-		Gatherer: reg,
-		Ready:    st.ready,
-		Logger:   log.Named("admin"),
-	})
-	httpSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.cur.Load().admin.ServeHTTP(w, r) }),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
 
 	errc := make(chan error, 2)
 	go func() { errc <- gs.Serve(grpcLis) }()
 	go func() { errc <- httpSrv.Serve(adminLis) }()
 
-	log.Info(ctx, "envoy-keypool ready", slog.F("grpc", grpcLis.Addr().String()),
-		slog.F("admin", adminLis.Addr().String()), slog.F("pools", len(pools)), slog.F("state", st.kind))
+	watchCtx, stopWatching := context.WithCancel(context.Background())
+	defer stopWatching()
+	if w, err := newFileWatcher(log.Named("watch"), func(changed []string) { s.requestReload(fmt.Sprint("changed: ", changed)) }); err != nil {
+		log.Warn(ctx, "cannot watch files for changes; SIGHUP still reloads", slog.Error(err))
+	} else {
+		s.watcher = w
+		w.watch(s.watchedFiles(cfg))
+		go w.run(watchCtx)
+	}
+	reloadsDone := make(chan struct{})
+	go func() {
+		defer close(reloadsDone)
+		s.runReloads(watchCtx)
+	}()
+
+	log.Info(ctx, "envoy-keypool ready", slog.F("grpc", grpcAddr), slog.F("admin", adminLis.Addr().String()),
+		slog.F("pools", len(cfg.Pools)), slog.F("state", st.kind), slog.F("tls", tlsMode(cfg.Listen)),
+		slog.F("version", buildInfo().Version))
 	// The ready line tests and scripts wait for, whatever the log format.
-	fmt.Fprintf(opts.Stdout, "envoy-keypool ready grpc=%s admin=%s\n", grpcLis.Addr(), adminLis.Addr())
+	fmt.Fprintf(opts.Stdout, "envoy-keypool ready grpc=%s admin=%s\n", grpcAddr, adminLis.Addr())
 
 	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-errc:
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case serveErr = <-errc:
+			break wait
+		case sig := <-opts.Signals:
+			if sig == syscall.SIGHUP {
+				s.requestReload("SIGHUP")
+				continue
+			}
+			log.Info(context.Background(), "signal received", slog.F("signal", sig.String()))
+			break wait
+		}
 	}
-
-	log.Info(context.Background(), "shutting down: draining in-flight streams", slog.F("timeout", opts.ShutdownTimeout))
-	hs.Shutdown() // every service NOT_SERVING
-	adminHandler.Drain()
-	drained := make(chan struct{})
-	go func() {
-		gs.GracefulStop()
-		close(drained)
-	}()
-	select {
-	case <-drained:
-	case <-time.After(opts.ShutdownTimeout):
-		log.Warn(context.Background(), "shutdown timeout: closing the streams still open")
-		gs.Stop()
-		<-drained
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = httpSrv.Shutdown(shutdownCtx)
-	log.Info(context.Background(), "stopped")
+	stopWatching()
+	<-reloadsDone
+	s.shutdown(gs, hs, httpSrv, opts.Signals)
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) && !errors.Is(serveErr, grpc.ErrServerStopped) {
 		return serveErr
 	}
 	return nil
 }
 
-// buildTargets turns the configured pools into what the ext_proc server serves.
-func buildTargets(cfg *config.Config, state keypool.State) (map[string]*extproc.Target, []admin.Pool, error) {
-	targets := make(map[string]*extproc.Target, len(cfg.Pools))
-	pools := make([]admin.Pool, 0, len(cfg.Pools))
-	for i := range cfg.Pools {
-		pc := &cfg.Pools[i]
-		pool, err := keypool.NewPool(pc.PoolOptions(state))
-		if err != nil {
-			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
-		}
-		prov, err := providers.Build(pc.ProviderSpec())
-		if err != nil {
-			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
-		}
-		targets[pc.Name] = &extproc.Target{
-			Pool: pool, Provider: prov, AllowBYOK: pc.BYOK == config.BYOKAllow, ModelHeader: pc.ModelHeader,
-		}
-		pools = append(pools, admin.Pool{Pool: pool, Provider: prov.Name()})
+func tlsMode(l config.Listen) string {
+	switch {
+	case l.MutualTLS():
+		return "mutual"
+	case l.TLS != nil:
+		return "server"
 	}
-	return targets, pools, nil
+	return "off"
+}
+
+// shutdown stops the server without losing a request: at once the gRPC health
+// service answers NOT_SERVING and /readyz 503, so Envoy's health checks and
+// Kubernetes take the replica out; new streams are still served for the drain
+// delay, while they do; then the server stops accepting and waits up to the
+// shutdown timeout for the streams in flight. A second SIGTERM or SIGINT skips what
+// is left of either wait.
+func (s *server) shutdown(gs *grpc.Server, hs *health.Server, httpSrv *http.Server, signals <-chan os.Signal) {
+	bg := context.Background()
+	drain, timeout := s.started.Shutdown.Drain(), s.started.Shutdown.Timeout.Std()
+	s.log.Info(bg, "shutting down: health NOT_SERVING, /readyz 503; still serving new streams for the drain delay",
+		slog.F("drain_delay", drain), slog.F("shutdown_timeout", timeout))
+	hs.Shutdown() // every service NOT_SERVING, and it stays so
+	s.draining.Store(true)
+
+	done := make(chan struct{})
+	defer close(done)
+	interrupted := secondSignal(signals, done)
+	forced := false
+	select {
+	case <-time.After(drain):
+	case sig := <-interrupted:
+		s.log.Warn(bg, "second signal: skipping the rest of the drain delay", slog.F("signal", sig.String()))
+		forced = true
+	}
+
+	s.log.Info(bg, "drain delay over: no new connections; waiting for the streams in flight",
+		slog.F("shutdown_timeout", timeout))
+	stopped := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(stopped)
+	}()
+	if forced {
+		gs.Stop()
+	}
+	select {
+	case <-stopped:
+	case <-time.After(timeout):
+		s.log.Warn(bg, "shutdown timeout: closing the streams still open")
+		gs.Stop()
+	case sig := <-interrupted:
+		s.log.Warn(bg, "second signal: closing the streams still open", slog.F("signal", sig.String()))
+		gs.Stop()
+	}
+	<-stopped
+	ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+	defer cancel()
+	_ = httpSrv.Shutdown(ctx)
+	s.log.Info(bg, "stopped")
+}
+
+// secondSignal delivers the next SIGTERM or SIGINT from signals until done is
+// closed; SIGHUP is ignored during a shutdown. With no signals it never fires.
+func secondSignal(signals <-chan os.Signal, done <-chan struct{}) <-chan os.Signal {
+	out := make(chan os.Signal, 1)
+	if signals == nil {
+		return out
+	}
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case sig := <-signals:
+				if sig != syscall.SIGHUP {
+					out <- sig
+					return
+				}
+			}
+		}
+	}()
+	return out
 }
