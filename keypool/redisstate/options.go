@@ -22,10 +22,12 @@ const (
 	DefaultHealthCheckInterval = time.Second
 )
 
-// MaxTimeout bounds Options.Timeout: Envoy's ext_proc message_timeout is 200ms by
-// default, and a mark or a read must leave the rest of that budget to the
-// request.
-const MaxTimeout = 200 * time.Millisecond
+// MaxTimeout bounds Options.Timeout (inclusive): Envoy's ext_proc message_timeout
+// is 200ms by default, and a mark or a read must leave at least a quarter of that
+// budget to the rest of the message (the gRPC hop, the walk, the answer). It is
+// the one source of this bound: the configuration file's state.redis.timeout is
+// checked against it.
+const MaxTimeout = 150 * time.Millisecond
 
 // Options configures New. Name Redis with URL (one node), or with Addrs (one node,
 // Sentinel with MasterName, Cluster with several seeds or Cluster), or pass a
@@ -64,8 +66,8 @@ type Options struct {
 	// "envoy-keypool:".
 	Prefix string
 	// Timeout bounds every Redis call a request makes (a mark, a retry's read),
-	// and each step of a resync. Must be below 200ms, Envoy's ext_proc
-	// message_timeout. Default: 50ms.
+	// and each step of a resync. At most MaxTimeout (150ms), below Envoy's 200ms
+	// ext_proc message_timeout. Default: 50ms.
 	Timeout time.Duration
 	// DialTimeout bounds opening a connection outside of a request (the change
 	// subscriber, resyncs); a request's calls are bounded by Timeout whatever the
@@ -121,8 +123,8 @@ func (o Options) withDefaults() (Options, error) {
 		o.Timeout = DefaultTimeout
 	case o.Timeout < 0:
 		errs = append(errs, fmt.Errorf("timeout %s: must be positive", o.Timeout))
-	case o.Timeout >= MaxTimeout:
-		errs = append(errs, fmt.Errorf("timeout %s: must be below %s, Envoy's ext_proc message_timeout", o.Timeout, MaxTimeout))
+	case o.Timeout > MaxTimeout:
+		errs = append(errs, fmt.Errorf("timeout %s: must be at most %s, well under Envoy's 200ms ext_proc message_timeout", o.Timeout, MaxTimeout))
 	}
 	if o.DialTimeout == 0 {
 		o.DialTimeout = DefaultDialTimeout

@@ -23,7 +23,7 @@ func TestNewRejectsInvalidOptions(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{"timeout reaching Envoy's message_timeout", Options{Timeout: 200 * time.Millisecond}, "must be below 200ms"},
+		{"timeout above the bound", Options{Timeout: MaxTimeout + time.Millisecond}, "must be at most 150ms"},
 		{"negative timeout", Options{Timeout: -time.Millisecond}, "must be positive"},
 		{"prefix with a hash tag", Options{Prefix: "a{b}:"}, "must not contain '{'"},
 		{"url and addrs", Options{URL: "redis://localhost", Addrs: []string{"localhost:6379"}}, "set one of them"},
