@@ -84,6 +84,9 @@ func newReplica(t *testing.T, opts Options) *replica {
 		// Generous for a loaded CI machine under -race; still below Envoy's 200ms.
 		opts.Timeout = 150 * time.Millisecond
 	}
+	if opts.Pools == nil {
+		opts.Pools = []string{"openai"}
+	}
 	if opts.HealthCheckInterval == 0 {
 		opts.HealthCheckInterval = 200 * time.Millisecond
 	}

@@ -20,13 +20,15 @@ type layout struct{ prefix string }
 
 func (l layout) tag(pool string) string { return l.prefix + "{" + pool + "}" }
 
-// meta is a hash {epoch, seq}: the epoch is a random id created with the pool's
-// state in this Redis (a new epoch means Redis lost the state), seq numbers the
-// last change of the pool's keys (strictly increasing, from the Redis clock in
-// microseconds). It has no TTL: one small hash per pool.
+// meta is a hash {seq}: seq numbers the last change of the pool's keys,
+// strictly increasing, from the Redis clock in microseconds so that it keeps
+// growing across a restart or a failover. It has no TTL: one small hash per pool.
 func (l layout) meta(pool string) string { return l.tag(pool) + ":meta" }
 
-// cooldown is a string "untilMs seq reason" that expires when the cooldown ends.
+// cooldown is a string "untilMs seq markMs overrideMs reason" (see stored) that
+// expires when the cooldown ends. An operator's enable leaves a tombstone, "0 seq
+// markMs overrideMs " with a TTL of tombstoneTTL, so that a replica pushing back a
+// mark from before the enable (after an outage) cannot undo it.
 func (l layout) cooldown(pool, ref string) string { return l.tag(pool) + ":cd:" + ref }
 
 // index is a sorted set ref → untilMs of the pool's cooldowns, so a resync finds
@@ -42,18 +44,9 @@ func (l layout) tried(pool, requestID string) string {
 // channel carries one JSON message per change of a key's state.
 func (l layout) channel() string { return l.prefix + "changes" }
 
-// metaPattern matches the meta key of every pool, for SCAN.
-func (l layout) metaPattern() string { return escapeGlob(l.prefix) + "{*}:meta" }
-
-// poolOfMeta returns the pool whose meta key is key.
-func (l layout) poolOfMeta(key string) (string, bool) {
-	rest, ok := strings.CutPrefix(key, l.prefix+"{")
-	if !ok {
-		return "", false
-	}
-	pool, ok := strings.CutSuffix(rest, "}:meta")
-	return pool, ok && pool != ""
-}
+// tombstoneTTL is how long Redis remembers an operator's enable: a replica cut
+// off for longer than this could bring back a cooldown set before the enable.
+const tombstoneTTL = 24 * time.Hour
 
 // maxRequestIDLen bounds the request id part of a key name. x-request-id may come
 // from a client; a longer one is replaced by its hash.
@@ -65,17 +58,6 @@ func requestIDPart(id string) string {
 	}
 	sum := sha256.Sum256([]byte(id))
 	return "sha256:" + hex.EncodeToString(sum[:])
-}
-
-func escapeGlob(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 // unixMillisCeil is t in unix milliseconds rounded up, so that storing a deadline
@@ -99,34 +81,36 @@ func fromUnixMillis(ms int64) time.Time {
 	return time.UnixMilli(ms)
 }
 
-// stored is a cooldown as Redis holds it, with the sequence number of the change
-// that set it.
+// stored is a key's state as Redis holds it: the cooldown (zero when available),
+// the sequence number of the change that set it, and when (unix ms, by the clock
+// of the replica that made it) the mark that decided the deadline was made.
+// Redis also keeps when an operator last replaced the state; a replica's view
+// does not need it.
 type stored struct {
 	c   keypool.Cooldown
 	seq int64
+	at  int64
 }
 
-// parseStored reads "untilMs seq reason".
+// parseStored reads "untilMs seq markMs overrideMs reason".
 func parseStored(v string) (stored, bool) {
-	u, rest, ok := strings.Cut(v, " ")
-	if !ok {
+	f := strings.SplitN(v, " ", 5)
+	if len(f) != 5 {
 		return stored{}, false
 	}
-	s, reason, ok := strings.Cut(rest, " ")
-	if !ok {
-		return stored{}, false
-	}
-	return parseParts(u, s, reason)
+	return parseParts(f[0], f[1], f[2], f[4])
 }
 
-func parseParts(until, seq, reason string) (stored, bool) {
+func parseParts(until, seq, at, reason string) (stored, bool) {
 	u, err1 := strconv.ParseInt(until, 10, 64)
 	s, err2 := strconv.ParseInt(seq, 10, 64)
-	if err1 != nil || err2 != nil {
+	a, err3 := strconv.ParseInt(at, 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
 		return stored{}, false
 	}
-	if u <= 0 {
-		return stored{seq: s}, true
+	st := stored{seq: s, at: a}
+	if u > 0 {
+		st.c = keypool.Cooldown{Until: fromUnixMillis(u), Reason: keypool.Reason(reason)}
 	}
-	return stored{c: keypool.Cooldown{Until: fromUnixMillis(u), Reason: keypool.Reason(reason)}, seq: s}, true
+	return st, true
 }

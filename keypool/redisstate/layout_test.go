@@ -90,15 +90,3 @@ func TestLongRequestIDsAreHashed(t *testing.T) {
 		t.Error("hash of a request id not stable")
 	}
 }
-
-func TestPoolOfMetaRoundTrips(t *testing.T) {
-	l := layout{"p*:"}
-	for _, pool := range []string{"openai", "a}b", "with:colons", "{x"} {
-		if got, ok := l.poolOfMeta(l.meta(pool)); !ok || got != pool {
-			t.Errorf("poolOfMeta(meta(%q)) = %q, %v", pool, got, ok)
-		}
-	}
-	if got := l.metaPattern(); got != `p\*:{*}:meta` {
-		t.Errorf("metaPattern = %q, want the prefix escaped", got)
-	}
-}

@@ -61,17 +61,23 @@ type Options struct {
 	// they differ from the master's. Default: none.
 	SentinelUsername, SentinelPassword string
 
+	// Pools names the pools this replica serves. A resynchronisation (at start,
+	// after an outage) reads exactly these and the pools the replica has used
+	// since: it never scans the keyspace. Default: none, only the pools used.
+	Pools []string
+
 	// Prefix starts every key and the channel name, so several deployments can
 	// share one Redis. It must not contain '{' or '}' (hash tags). Default:
 	// "envoy-keypool:".
 	Prefix string
 	// Timeout bounds every Redis call a request makes (a mark, a retry's read),
-	// and each step of a resync. At most MaxTimeout (150ms), below Envoy's 200ms
-	// ext_proc message_timeout. Default: 50ms.
+	// and the override of an operator. At most MaxTimeout (150ms), below Envoy's
+	// 200ms ext_proc message_timeout. Default: 50ms.
 	Timeout time.Duration
-	// DialTimeout bounds opening a connection outside of a request (the change
-	// subscriber, resyncs); a request's calls are bounded by Timeout whatever the
-	// dial needs. Ignored with URL's dial_timeout or with Client. Default: 1s.
+	// DialTimeout bounds the background work: opening a connection outside of a
+	// request, and each call of a resynchronisation. A request's calls are
+	// bounded by Timeout whatever the dial needs. URL's dial_timeout, when given,
+	// bounds the dials only. Default: 1s.
 	DialTimeout time.Duration
 	// RequestTTL is how long the keys a request tried are remembered after its last
 	// failure. Default: keypool.DefaultRequestTTL (10m).
@@ -185,8 +191,10 @@ func (o Options) newClient() (redis.UniversalClient, error) {
 		if ro.DialTimeout == 0 {
 			ro.DialTimeout = o.DialTimeout
 		}
-		ro.ReadTimeout = orDefault(ro.ReadTimeout, o.Timeout)
-		ro.WriteTimeout = orDefault(ro.WriteTimeout, o.Timeout)
+		// The request path bounds its calls with a context deadline; the client's
+		// own timeouts bound the background work.
+		ro.ReadTimeout = orDefault(ro.ReadTimeout, o.DialTimeout)
+		ro.WriteTimeout = orDefault(ro.WriteTimeout, o.DialTimeout)
 		ro.ContextTimeoutEnabled = true
 		return redis.NewClient(ro), nil
 	}
@@ -201,8 +209,8 @@ func (o Options) newClient() (redis.UniversalClient, error) {
 		SentinelUsername:      o.SentinelUsername,
 		SentinelPassword:      o.SentinelPassword,
 		DialTimeout:           o.DialTimeout,
-		ReadTimeout:           o.Timeout,
-		WriteTimeout:          o.Timeout,
+		ReadTimeout:           o.DialTimeout,
+		WriteTimeout:          o.DialTimeout,
 		ContextTimeoutEnabled: true,
 	}), nil
 }

@@ -138,8 +138,10 @@ func TestRedissURLUsesTLS(t *testing.T) {
 	if opt.TLSConfig == nil || opt.TLSConfig.ServerName != "localhost" {
 		t.Errorf("rediss:// client TLS = %+v, want TLS to localhost", opt.TLSConfig)
 	}
-	if !opt.ContextTimeoutEnabled || opt.ReadTimeout != DefaultTimeout {
-		t.Errorf("client timeouts: context %v, read %s; want context deadlines and %s", opt.ContextTimeoutEnabled, opt.ReadTimeout, DefaultTimeout)
+	// Requests bound their calls by a context deadline (Timeout); the client's own
+	// read timeout bounds the background work.
+	if !opt.ContextTimeoutEnabled || opt.ReadTimeout != DefaultDialTimeout {
+		t.Errorf("client timeouts: context %v, read %s; want context deadlines and %s", opt.ContextTimeoutEnabled, opt.ReadTimeout, DefaultDialTimeout)
 	}
 }
 

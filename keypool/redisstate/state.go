@@ -2,8 +2,6 @@ package redisstate
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -19,22 +17,27 @@ import (
 // State is a keypool.State shared through Redis. It is safe for concurrent use.
 // Build it with New and stop it with Close.
 type State struct {
-	client      redis.UniversalClient
-	ownsClient  bool
-	keys        layout
-	scripts     scriptSet
-	timeout     time.Duration
-	requestTTL  time.Duration
-	healthEvery time.Duration
-	clock       keypool.Clock
-	hooks       testHooks
+	client     redis.UniversalClient
+	ownsClient bool
+	keys       layout
+	scripts    scriptSet
+	timeout    time.Duration
+	// backgroundTimeout bounds each call of a resync (Options.DialTimeout).
+	backgroundTimeout time.Duration
+	requestTTL        time.Duration
+	healthEvery       time.Duration
+	clock             keypool.Clock
+	pools             []string
+	hooks             testHooks
 
 	view    *view
 	health  *health
 	metrics *metrics
 
-	// resyncWanted asks the subscriber for a full resync: set when a reply or a
-	// notification comes from an epoch the view does not know.
+	// resyncWanted asks the subscriber for a resync: set when Redis may lack
+	// something this replica knows (a pending mark or override, a mark Redis
+	// lost) or may hold something this replica missed (an unreadable
+	// notification, a failed call).
 	resyncWanted atomic.Bool
 	closed       atomic.Bool
 
@@ -71,19 +74,21 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		owns = true
 	}
 	s := &State{
-		client:      client,
-		ownsClient:  owns,
-		keys:        layout{prefix: o.Prefix},
-		scripts:     newScriptSet(),
-		timeout:     o.Timeout,
-		requestTTL:  o.RequestTTL,
-		healthEvery: o.HealthCheckInterval,
-		clock:       o.Clock,
-		view:        newView(o.RequestTTL),
-		health:      &health{log: o.Logger.Named("redisstate"), metrics: m},
-		metrics:     m,
-		done:        make(chan struct{}),
-		firstSync:   make(chan struct{}),
+		client:            client,
+		ownsClient:        owns,
+		keys:              layout{prefix: o.Prefix},
+		scripts:           newScriptSet(),
+		timeout:           o.Timeout,
+		backgroundTimeout: o.DialTimeout,
+		requestTTL:        o.RequestTTL,
+		healthEvery:       o.HealthCheckInterval,
+		clock:             o.Clock,
+		pools:             o.Pools,
+		view:              newView(o.RequestTTL),
+		health:            &health{log: o.Logger.Named("redisstate"), metrics: m},
+		metrics:           m,
+		done:              make(chan struct{}),
+		firstSync:         make(chan struct{}),
 	}
 	if o.testHooks != nil {
 		s.hooks = *o.testHooks
@@ -144,7 +149,6 @@ func (s *State) RequestView(ctx context.Context, pool string, refs []string, req
 	var (
 		values  *redis.SliceCmd
 		members *redis.StringSliceCmd
-		meta    *redis.SliceCmd
 	)
 	err := s.call(ctx, "request_view", false, func(ctx context.Context) error {
 		keys := make([]string, len(refs))
@@ -158,7 +162,6 @@ func (s *State) RequestView(ctx context.Context, pool string, refs []string, req
 			if requestID != "" {
 				members = p.SMembers(ctx, s.keys.tried(pool, requestID))
 			}
-			meta = p.HMGet(ctx, s.keys.meta(pool), "epoch", "seq")
 			return nil
 		})
 		return err
@@ -167,7 +170,6 @@ func (s *State) RequestView(ctx context.Context, pool string, refs []string, req
 		return s.view.localRequestView(pool, refs, requestID, now)
 	}
 
-	epoch, seq := parseMeta(meta.Val())
 	var tried []string
 	if members != nil {
 		tried = members.Val()
@@ -175,21 +177,19 @@ func (s *State) RequestView(ctx context.Context, pool string, refs []string, req
 	v := s.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	defer v.publishLocked()
-	pv := v.poolLocked(pool)
-	same := pv.sameEpoch(epoch)
-	if !same {
-		// Redis lost the pool's state since the last resync (or it has not run):
-		// keep the union until the subscriber rebuilds the pool.
-		s.resyncWanted.Store(true)
-	}
 	if values != nil {
 		for i, raw := range values.Val() {
-			str, _ := raw.(string)
-			if st, ok := parseStored(str); ok {
-				v.applyLocked(pool, refs[i], st, epoch)
-			} else if same {
-				v.forgetLocked(pool, refs[i], seq)
+			str, isString := raw.(string)
+			st, ok := parseStored(str)
+			switch {
+			case ok:
+				v.applyLocked(pool, refs[i], st)
+			case isString:
+				s.resyncWanted.Store(true) // unreadable: a resync rewrites it
+			case v.missingLocked(pool, refs[i], now):
+				s.resyncWanted.Store(true) // Redis lost a mark: push it back
+			default:
+				v.deleteLocked(pool, refs[i])
 			}
 		}
 	}
@@ -216,36 +216,38 @@ func (s *State) MarkFailed(ctx context.Context, pool, ref, requestID string, c k
 		var err error
 		reply, err = s.scripts.mark.Run(ctx, s.client, keys,
 			unixMillisCeil(c.Until), string(c.Reason), now.UnixMilli(), s.requestTTL.Milliseconds(),
-			s.keys.channel(), pool, ref, newEpoch()).Slice()
+			s.keys.channel(), pool, ref, tombstoneTTL.Milliseconds()).Slice()
 		return err
 	})
 	var st stored
-	var epoch string
 	if err == nil {
 		var ok bool
-		if st, epoch, ok = parseReply(reply); !ok {
+		if st, ok = parseReply(reply); !ok {
 			err = fmt.Errorf("redisstate: unexpected mark reply %v", reply)
 			s.health.failed(ctx, "mark", err)
 		}
 	}
 	if err != nil {
-		return s.view.markLocal(pool, ref, c)
+		s.resyncWanted.Store(true)
+		return s.view.markLocal(pool, ref, c, now)
 	}
 	v := s.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	defer v.publishLocked()
-	if st.seq > 0 && !v.applyLocked(pool, ref, st, epoch) {
-		s.resyncWanted.Store(true)
+	if st.seq > 0 {
+		v.applyLocked(pool, ref, st)
 	}
-	return v.poolLocked(pool).entries[ref].c
+	e, _ := v.entryLocked(pool, ref)
+	return e.c
 }
 
 // Override implements keypool.State: it replaces the key's state in Redis (a
 // zero Cooldown makes it available) and tells every replica. It tries Redis even
-// while the replica is degraded, and returns an error wrapping ErrUnavailable when
-// Redis could not take it; the local view is then left unchanged, so that no
-// replica disagrees with the others about an operator's action.
+// while the replica is degraded. When Redis cannot take it, the change is
+// applied to this replica's view at once and pushed to Redis when it returns (a
+// later operator action made through another replica wins); the error then
+// wraps ErrPending, so that the operator knows the other replicas do not have it
+// yet.
 func (s *State) Override(ctx context.Context, pool, ref string, c keypool.Cooldown) error {
 	now := s.now()
 	var reply []any
@@ -254,28 +256,31 @@ func (s *State) Override(ctx context.Context, pool, ref string, c keypool.Cooldo
 		reply, err = s.scripts.override.Run(ctx, s.client,
 			[]string{s.keys.meta(pool), s.keys.cooldown(pool, ref), s.keys.index(pool)},
 			unixMillisCeil(c.Until), string(c.Reason), now.UnixMilli(),
-			s.keys.channel(), pool, ref, newEpoch()).Slice()
+			s.keys.channel(), pool, ref, tombstoneTTL.Milliseconds()).Slice()
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("redisstate: set state of %s in pool %q: %w: %w", ref, pool, ErrUnavailable, err)
+	var st stored
+	if err == nil {
+		var ok bool
+		if st, ok = parseReply(reply); !ok {
+			err = fmt.Errorf("unexpected override reply %v", reply)
+		}
 	}
-	st, epoch, ok := parseReply(reply)
-	if !ok {
-		return fmt.Errorf("redisstate: unexpected override reply %v", reply)
+	if err != nil {
+		s.view.overrideLocal(pool, ref, c, now)
+		s.resyncWanted.Store(true)
+		return &PendingError{Pool: pool, Ref: ref, Err: err}
 	}
 	v := s.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	defer v.publishLocked()
-	pv := v.poolLocked(pool)
-	if e := pv.entries[ref]; e.pending {
-		// The operator's word replaces a mark this replica could not push.
-		delete(pv.entries, ref)
+	if e, ok := v.entryLocked(pool, ref); ok && e.pending != pendingNone {
+		// The operator's word replaces what this replica could not push: the
+		// entry yields to Redis's answer below (published once, no gap).
+		e.pending, e.seq = pendingNone, 0
+		v.poolLocked(pool).entries[ref] = e
 	}
-	if !v.applyLocked(pool, ref, st, epoch) {
-		s.resyncWanted.Store(true)
-	}
+	v.applyLocked(pool, ref, st)
 	return nil
 }
 
@@ -300,6 +305,7 @@ func (s *State) call(ctx context.Context, op string, always bool, f func(ctx con
 	defer cancel()
 	err := f(cctx)
 	if err == nil || errors.Is(err, redis.Nil) {
+		s.health.succeeded()
 		return nil
 	}
 	if ctx.Err() != nil {
@@ -318,17 +324,10 @@ func (s *State) now() time.Time {
 	return s.clock.Now()
 }
 
-// newEpoch is a fresh random epoch, offered to Redis in case the pool has none.
-func newEpoch() string {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// parseReply reads a script reply {untilMs, seq, reason, epoch}.
-func parseReply(reply []any) (stored, string, bool) {
+// parseReply reads a script reply {untilMs, seq, markMs, reason}.
+func parseReply(reply []any) (stored, bool) {
 	if len(reply) != 4 {
-		return stored{}, "", false
+		return stored{}, false
 	}
 	var parts [4]string
 	for i, r := range reply {
@@ -338,20 +337,8 @@ func parseReply(reply []any) (stored, string, bool) {
 		case int64:
 			parts[i] = strconv.FormatInt(v, 10)
 		default:
-			return stored{}, "", false
+			return stored{}, false
 		}
 	}
-	st, ok := parseParts(parts[0], parts[1], parts[2])
-	return st, parts[3], ok
-}
-
-// parseMeta reads HMGET meta epoch seq.
-func parseMeta(vals []any) (epoch string, seq int64) {
-	if len(vals) == 2 {
-		epoch, _ = vals[0].(string)
-		if s, ok := vals[1].(string); ok {
-			seq, _ = strconv.ParseInt(s, 10, 64)
-		}
-	}
-	return epoch, seq
+	return parseParts(parts[0], parts[1], parts[2], parts[3])
 }

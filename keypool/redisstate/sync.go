@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -37,7 +36,7 @@ func (s *State) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.health.failed(ctx, op, err)
+		s.health.lost(ctx, op, err)
 		first()
 		sleep(ctx, wait)
 		wait = min(wait*2, s.healthEvery)
@@ -147,11 +146,13 @@ type notification struct {
 	Ref    string `json:"r"`
 	Until  string `json:"u"`
 	Seq    string `json:"s"`
+	At     string `json:"a"`
 	Reason string `json:"c"`
-	Epoch  string `json:"e"`
 }
 
-// notified applies a change notification to the local view.
+// notified applies a change notification to the local view: one key, O(1)
+// whatever the pool size. The replica's own changes come back too and change
+// nothing (the script's reply already applied them).
 func (s *State) notified(payload string) {
 	s.metrics.notifications.Inc()
 	if s.hooks.dropNotification != nil && s.hooks.dropNotification(payload) {
@@ -162,29 +163,31 @@ func (s *State) notified(payload string) {
 		s.resyncWanted.Store(true) // unreadable: read the state instead
 		return
 	}
-	st, ok := parseParts(n.Until, n.Seq, n.Reason)
+	st, ok := parseParts(n.Until, n.Seq, n.At, n.Reason)
 	if !ok || n.Pool == "" || n.Ref == "" {
 		s.resyncWanted.Store(true)
 		return
 	}
 	v := s.view
 	v.mu.Lock()
-	same := v.applyLocked(n.Pool, n.Ref, st, n.Epoch)
-	v.publishLocked()
+	v.applyLocked(n.Pool, n.Ref, st)
 	v.mu.Unlock()
-	if !same {
-		s.resyncWanted.Store(true)
-	}
 }
 
-// resync rebuilds the local view from Redis and pushes the marks Redis lacks;
-// success makes the replica healthy again.
+// resync pushes what Redis lacks and reloads the local view; success makes the
+// replica healthy again. A failed resync is retried: at once while Redis is
+// up, once per health check interval while it is not.
 func (s *State) resync(ctx context.Context) {
 	s.resyncWanted.Store(false)
 	pools, pushed, err := s.synchronise(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.health.failed(ctx, "sync", err)
+			s.resyncWanted.Store(true)
+			if s.health.up() {
+				s.health.failed(ctx, "sync", err)
+			} else {
+				s.health.lost(ctx, "sync", err)
+			}
 		}
 		return
 	}
@@ -192,17 +195,18 @@ func (s *State) resync(ctx context.Context) {
 	s.health.recovered(ctx, pools, pushed)
 }
 
-// synchronise loads the scripts, finds the pools (in Redis and in the view) and
-// synchronises each. It returns how many pools and pushed marks it handled.
+// synchronise loads the scripts and synchronises each pool this replica serves
+// (Options.Pools) or knows of. It returns how many pools and pushed marks it
+// handled. It never scans the keyspace: the pools are known.
 func (s *State) synchronise(ctx context.Context) (pools, pushed int, err error) {
 	for _, sc := range s.scripts.all() {
 		if err := s.step(ctx, func(ctx context.Context) error { return sc.Load(ctx, s.client).Err() }); err != nil {
 			return 0, 0, fmt.Errorf("load script: %w", err)
 		}
 	}
-	names, err := s.scanPools(ctx)
-	if err != nil {
-		return 0, 0, fmt.Errorf("scan pools: %w", err)
+	names := make(map[string]struct{}, len(s.pools))
+	for _, name := range s.pools {
+		names[name] = struct{}{}
 	}
 	for _, name := range s.view.poolNames() {
 		names[name] = struct{}{}
@@ -217,59 +221,40 @@ func (s *State) synchronise(ctx context.Context) (pools, pushed int, err error) 
 	return len(names), pushed, nil
 }
 
-// scanPools finds the pools that have state in Redis, on every master of a
-// Cluster. SCAN walks the whole database, but only on (re)synchronisation.
-func (s *State) scanPools(ctx context.Context) (map[string]struct{}, error) {
-	var mu sync.Mutex
-	found := make(map[string]struct{})
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		var cursor uint64
-		for {
-			var keys []string
-			err := s.step(ctx, func(ctx context.Context) error {
-				var err error
-				keys, cursor, err = c.Scan(ctx, cursor, s.keys.metaPattern(), 1000).Result()
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			mu.Lock()
-			for _, k := range keys {
-				if pool, ok := s.keys.poolOfMeta(k); ok {
-					found[pool] = struct{}{}
-				}
-			}
-			mu.Unlock()
-			if cursor == 0 {
-				return nil
-			}
-		}
-	}
-	if cc, ok := s.client.(*redis.ClusterClient); ok {
-		err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
-		return found, err
-	}
-	return found, scan(ctx, s.client)
-}
-
-// syncPool pushes the pool's marks Redis lacks and reloads the pool's view, in
-// two round trips: the sync script, then the cooldowns it listed.
+// syncPool pushes the pool's state Redis lacks and reloads the pool's view, in
+// two round trips: the index of the pool's cooldowns, then the sync script on
+// those keys and the view's.
 func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
+	var indexed []string
+	err := s.step(ctx, func(ctx context.Context) error {
+		var err error
+		indexed, err = s.client.ZRange(ctx, s.keys.index(pool), 0, -1).Result()
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
 	now := s.now()
-	known, entries := s.view.toPush(pool, now)
+	entries := s.view.toPush(pool, now)
+	refs := make([]string, 0, len(entries)+len(indexed))
 	keys := []string{s.keys.meta(pool), s.keys.index(pool)}
-	args := []any{now.UnixMilli(), known, newEpoch(), s.keys.channel(), pool}
-	for _, e := range entries {
-		mode := "v"
-		if e.pending {
-			mode = "p"
+	args := []any{now.UnixMilli(), s.keys.channel(), pool, tombstoneTTL.Milliseconds()}
+	given := make(map[string]bool, len(entries))
+	for _, p := range entries {
+		given[p.ref] = true
+		refs = append(refs, p.ref)
+		keys = append(keys, s.keys.cooldown(pool, p.ref))
+		args = append(args, p.ref, p.mode, unixMillisCeil(p.e.c.Until), string(p.e.c.Reason), p.e.at, p.e.seq)
+	}
+	for _, ref := range indexed {
+		if !given[ref] {
+			refs = append(refs, ref)
+			keys = append(keys, s.keys.cooldown(pool, ref))
+			args = append(args, ref, "r", 0, "", 0, 0)
 		}
-		keys = append(keys, s.keys.cooldown(pool, e.ref))
-		args = append(args, e.ref, unixMillisCeil(e.c.Until), string(e.c.Reason), mode)
 	}
 	var reply []any
-	err := s.step(ctx, func(ctx context.Context) error {
+	err = s.step(ctx, func(ctx context.Context) error {
 		var err error
 		reply, err = s.scripts.sync.Run(ctx, s.client, keys, args...).Slice()
 		return err
@@ -277,68 +262,52 @@ func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	epoch, lost, seq, pushed, refs, err := parseSyncReply(reply)
+	pushed, states, err := parseSyncReply(reply, len(refs))
 	if err != nil {
 		return 0, err
 	}
-	read := make(map[string]stored, len(refs))
-	if len(refs) > 0 {
-		cdKeys := make([]string, len(refs))
-		for i, ref := range refs {
-			cdKeys[i] = s.keys.cooldown(pool, ref)
-		}
-		var vals []any
-		err := s.step(ctx, func(ctx context.Context) error {
-			var err error
-			vals, err = s.client.MGet(ctx, cdKeys...).Result()
-			return err
-		})
-		if err != nil {
-			return 0, err
-		}
-		for i, raw := range vals {
-			str, _ := raw.(string)
-			if st, ok := parseStored(str); ok {
-				read[refs[i]] = st
-			}
-		}
+	read := make(map[string]*stored, len(refs))
+	for i, ref := range refs {
+		read[ref] = states[i]
 	}
-	s.view.resynced(pool, epoch, lost, seq, read, entries)
+	s.view.resynced(pool, read, entries)
 	return pushed, nil
 }
 
-// step runs one Redis call of a resync, bounded by the State's timeout.
+// step runs one Redis call of a resync. It is background work: bounded by the
+// dial timeout, not by the request path's tighter Timeout, so a Redis that is
+// slow now and then still resynchronises.
 func (s *State) step(ctx context.Context, f func(ctx context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	ctx, cancel := context.WithTimeout(ctx, s.backgroundTimeout)
 	defer cancel()
 	return f(ctx)
 }
 
-func parseSyncReply(reply []any) (epoch string, lost bool, seq int64, pushed int, refs []string, err error) {
+// parseSyncReply reads {pushed, {state_1..state_n}}; a missing state is nil.
+func parseSyncReply(reply []any, n int) (int, []*stored, error) {
 	bad := fmt.Errorf("unexpected sync reply %v", reply)
-	if len(reply) != 5 {
-		return "", false, 0, 0, nil, bad
+	if len(reply) != 2 {
+		return 0, nil, bad
 	}
-	epoch, ok1 := reply[0].(string)
-	lostN, ok2 := reply[1].(int64)
-	seqS, ok3 := reply[2].(string)
-	pushedN, ok4 := reply[3].(int64)
-	list, ok5 := reply[4].([]any)
-	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
-		return "", false, 0, 0, nil, bad
+	pushed, ok1 := reply[0].(int64)
+	list, ok2 := reply[1].([]any)
+	if !ok1 || !ok2 || len(list) != n {
+		return 0, nil, bad
 	}
-	seq, err = strconv.ParseInt(seqS, 10, 64)
-	if err != nil {
-		return "", false, 0, 0, nil, bad
-	}
-	for _, r := range list {
-		ref, ok := r.(string)
-		if !ok {
-			return "", false, 0, 0, nil, bad
+	states := make([]*stored, n)
+	for i, r := range list {
+		if r == nil {
+			continue
 		}
-		refs = append(refs, ref)
+		str, ok := r.(string)
+		if !ok {
+			return 0, nil, bad
+		}
+		if st, ok := parseStored(str); ok {
+			states[i] = &st
+		}
 	}
-	return epoch, lostN == 1, seq, int(pushedN), refs, nil
+	return int(pushed), states, nil
 }
 
 func isTimeout(err error) bool {

@@ -71,12 +71,13 @@ func (h *Handler) disableKey(w http.ResponseWriter, r *http.Request) {
 	}
 	keyID := r.PathValue("key")
 	c, err := p.Disable(r.Context(), keyID, d)
-	if h.keyActionFailed(w, err) {
+	code, status, ok := h.keyActionResult(w, err)
+	if !ok {
 		return
 	}
 	h.opts.Logger.Info(r.Context(), "key disabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID),
-		slog.F("until", c.Until))
-	writeJSON(w, http.StatusOK, map[string]any{"pool": p.Name(), "keys": viewKeys(p)})
+		slog.F("until", c.Until), slog.F("status", status))
+	writeJSON(w, code, map[string]any{"pool": p.Name(), "status": status, "keys": viewKeys(p)})
 }
 
 // enableKey: POST /v1/pools/{pool}/keys/{key}/enable, returning the key to rotation
@@ -87,11 +88,13 @@ func (h *Handler) enableKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	keyID := r.PathValue("key")
-	if h.keyActionFailed(w, p.Enable(r.Context(), keyID)) {
+	code, status, ok := h.keyActionResult(w, p.Enable(r.Context(), keyID))
+	if !ok {
 		return
 	}
-	h.opts.Logger.Info(r.Context(), "key enabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID))
-	writeJSON(w, http.StatusOK, map[string]any{"pool": p.Name(), "keys": viewKeys(p)})
+	h.opts.Logger.Info(r.Context(), "key enabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID),
+		slog.F("status", status))
+	writeJSON(w, code, map[string]any{"pool": p.Name(), "status": status, "keys": viewKeys(p)})
 }
 
 func (h *Handler) pool(w http.ResponseWriter, r *http.Request) (*keypool.Pool, bool) {
@@ -105,16 +108,31 @@ func (h *Handler) pool(w http.ResponseWriter, r *http.Request) (*keypool.Pool, b
 	return nil, false
 }
 
-// keyActionFailed answers an error of a key action; false when there was none.
-func (h *Handler) keyActionFailed(w http.ResponseWriter, err error) bool {
+// Statuses of a key action's answer.
+const (
+	// actionApplied: every replica sharing the state has the change (200).
+	actionApplied = "applied"
+	// actionPending: this replica applied the change at once, but the shared state
+	// (Redis) is unreachable; it reaches the other replicas when Redis returns
+	// (202).
+	actionPending = "applied_on_this_replica_pending_propagation"
+)
+
+// keyActionResult is the HTTP status and the "status" field of a key action's
+// answer; ok is false after it answered an error itself.
+func (h *Handler) keyActionResult(w http.ResponseWriter, err error) (code int, status string, ok bool) {
+	// The state says so without this package importing it (redisstate's
+	// PendingError).
+	var pending interface{ PendingPropagation() bool }
 	switch {
 	case err == nil:
-		return false
+		return http.StatusOK, actionApplied, true
+	case errors.As(err, &pending) && pending.PendingPropagation():
+		return http.StatusAccepted, actionPending, true
 	case errors.Is(err, keypool.ErrUnknownKey):
 		writeError(w, http.StatusNotFound, err.Error())
 	default:
-		// The local view changed, but the shared state may not have: say so.
 		writeError(w, http.StatusServiceUnavailable, "the change did not reach the shared state: "+err.Error())
 	}
-	return true
+	return 0, "", false
 }
