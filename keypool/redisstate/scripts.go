@@ -20,8 +20,14 @@ import "github.com/redis/go-redis/v9"
 // write stores a state, with TTL = remaining cooldown (a tombstone of
 // tombstone_ms for an available key), indexes it, and publishes the change.
 //
-// merge applies a mark that never shortens: the cooldown in force is the later of
-// the stored one and the new one; only a later deadline is written.
+// merge applies a mark made at mark that never shortens: the cooldown in force
+// is the later of the stored one and the new one; only a later deadline is
+// written. replace applies an operator's action made at at. Both order changes
+// by when they were made, not by when they reach Redis, which differ for a call
+// that timed out but still lands, or for what a replica pushes after an outage:
+// a mark made before the last operator action is dropped; an action made before
+// the last one is dropped; a mark made after an action keeps its deadline when
+// the action arrives (the later deadline wins).
 const luaCommon = `
 local function next_seq(meta)
   local t = redis.call('TIME')
@@ -67,11 +73,22 @@ end
 
 local function merge(meta, cd, idx, ref, until_ms, reason, mark, now, tombstone_ms, channel, pool)
   local cur = current(cd)
+  if cur and cur.override > mark then return cur end
   if cur and cur.until_ms >= until_ms then return cur end
   if until_ms <= now then return cur end
   local override = 0
   if cur then override = cur.override end
   return write(meta, cd, idx, ref, until_ms, reason, mark, override, now, tombstone_ms, channel, pool)
+end
+
+local function replace(meta, cd, idx, ref, until_ms, reason, at, now, tombstone_ms, channel, pool)
+  local cur = current(cd)
+  if cur and cur.override > at then return cur end
+  local mark = at
+  if cur and cur.mark > at and cur.until_ms > until_ms and cur.until_ms > now then
+    until_ms, reason, mark = cur.until_ms, cur.reason, cur.mark
+  end
+  return write(meta, cd, idx, ref, until_ms, reason, mark, at, now, tombstone_ms, channel, pool)
 end
 `
 
@@ -99,7 +116,7 @@ return reply(st)
 //	reply: {untilMs, seq, markMs, reason} of the new state ("0" when available)
 const overrideLua = luaCommon + `
 local now = tonumber(ARGV[3])
-return reply(write(KEYS[1], KEYS[2], KEYS[3], ARGV[6], tonumber(ARGV[1]), ARGV[2], now, now, now, tonumber(ARGV[7]), ARGV[4], ARGV[5]))
+return reply(replace(KEYS[1], KEYS[2], KEYS[3], ARGV[6], tonumber(ARGV[1]), ARGV[2], now, now, tonumber(ARGV[7]), ARGV[4], ARGV[5]))
 `
 
 // syncLua is a replica's resync of one pool: it pushes what the replica knows
@@ -135,19 +152,11 @@ for i = 3, #KEYS do
       pushed = pushed + 1
     end
   elseif mode == 'p' then
-    if not cur or cur.override <= at then
-      merge(KEYS[1], KEYS[i], KEYS[2], ref, until_ms, reason, at, now, tomb, channel, pool)
-      pushed = pushed + 1
-    end
+    merge(KEYS[1], KEYS[i], KEYS[2], ref, until_ms, reason, at, now, tomb, channel, pool)
+    pushed = pushed + 1
   elseif mode == 'o' then
-    if not cur or cur.override <= at then
-      local mark = at
-      if cur and cur.mark > at and cur.until_ms > until_ms then
-        until_ms, reason, mark = cur.until_ms, cur.reason, cur.mark
-      end
-      write(KEYS[1], KEYS[i], KEYS[2], ref, until_ms, reason, mark, at, now, tomb, channel, pool)
-      pushed = pushed + 1
-    end
+    replace(KEYS[1], KEYS[i], KEYS[2], ref, until_ms, reason, at, now, tomb, channel, pool)
+    pushed = pushed + 1
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
