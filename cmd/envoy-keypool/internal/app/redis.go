@@ -16,7 +16,12 @@ import (
 // fatal: the replica serves from its local view and converges once Redis answers.
 func newRedisState(ctx context.Context, cfg *config.Config, log slog.Logger, reg prometheus.Registerer) (*stateBackend, error) {
 	rc := cfg.State.Redis
+	pools := make([]string, len(cfg.Pools))
+	for i, p := range cfg.Pools {
+		pools[i] = p.Name
+	}
 	opts := redisstate.Options{
+		Pools:               pools,
 		URL:                 rc.URL,
 		Addrs:               rc.Addrs,
 		MasterName:          rc.MasterName,
