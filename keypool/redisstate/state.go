@@ -314,7 +314,21 @@ func (s *State) call(ctx context.Context, op string, always bool, f func(ctx con
 		return err
 	}
 	s.health.failed(ctx, op, err)
+	s.reloadTopology()
 	return err
+}
+
+// reloadTopology asks a Cluster client to reload its slot map. go-redis reloads
+// it on MOVED or ASK and every 60s (ClusterStateReloadInterval), but not when a
+// master died: its connections are refused, no node answers MOVED, and every
+// call to the master's slots would fail until the next periodic reload
+// (osscluster.go, ClusterClient.process). The reload is asynchronous and
+// debounced by go-redis. Other clients need nothing: a Sentinel client follows
+// the Sentinels' announcement of the new master.
+func (s *State) reloadTopology() {
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		cc.ReloadState(context.Background())
+	}
 }
 
 func (s *State) now() time.Time {

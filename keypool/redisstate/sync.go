@@ -37,6 +37,7 @@ func (s *State) run(ctx context.Context) {
 			return
 		}
 		s.health.lost(ctx, op, err)
+		s.reloadTopology()
 		first()
 		sleep(ctx, wait)
 		wait = min(wait*2, s.healthEvery)
@@ -183,6 +184,7 @@ func (s *State) resync(ctx context.Context) {
 	if err != nil {
 		if ctx.Err() == nil {
 			s.resyncWanted.Store(true)
+			s.reloadTopology()
 			if s.health.up() {
 				s.health.failed(ctx, "sync", err)
 			} else {
