@@ -137,7 +137,7 @@ pools:
   - name: p
     provider: anthropic
     failure_statuses: [429, 529]
-    keys: [{id: k1, secret: env:K1}]`, []string{"pools[0].failure_statuses[1]: 529 is not a key failure"}},
+    keys: [{id: k1, secret: env:K1}]`, []string{"pools[0].failure_statuses: removed", "failure_policy"}},
 		{"bad byok", `
 pools:
   - name: p

@@ -42,7 +42,7 @@ func mustPick(t *testing.T, p *keypool.Pool, a keypool.Attempt) keypool.Key {
 	if err != nil {
 		t.Fatalf("Pick(%+v): %v", a, err)
 	}
-	return k
+	return k.Key
 }
 
 func TestPolicyDuration(t *testing.T) {
@@ -115,12 +115,12 @@ func TestMarkNeverShortensLongerCooldown(t *testing.T) {
 	ctx := context.Background()
 	k1 := mustPick(t, p, keypool.Attempt{Number: 1})
 
-	long := p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 10 * time.Minute, Known: true})
-	short := p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 5 * time.Second, Known: true})
+	long := p.FailKey(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 10 * time.Minute, Known: true})
+	short := p.FailKey(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 5 * time.Second, Known: true})
 	if !short.Until.Equal(long.Until) {
 		t.Fatalf("short mark replaced the longer one: until %s, want %s", short.Until, long.Until)
 	}
-	longer := p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 20 * time.Minute, Known: true})
+	longer := p.FailKey(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 20 * time.Minute, Known: true})
 	if !longer.Until.After(long.Until) {
 		t.Fatalf("a longer mark did not extend the cooldown: until %s, was %s", longer.Until, long.Until)
 	}
@@ -145,7 +145,7 @@ func TestCoolingKeyIsSkippedUntilItsTime(t *testing.T) {
 	p := newTestPool(t, 3, clock)
 	ctx := context.Background()
 	k1 := mustPick(t, p, keypool.Attempt{Number: 1})
-	p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 30 * time.Second, Known: true})
+	p.FailKey(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 30 * time.Second, Known: true})
 
 	if got := mustPick(t, p, keypool.Attempt{Number: 1}); got.ID() != "k2" {
 		t.Fatalf("while k1 cools: picked %s, want k2", got.ID())
@@ -174,7 +174,7 @@ func TestEachKeyAtMostOncePerRequest(t *testing.T) {
 		seen[k.ID()] = true
 		// A forbidden key's cooldown is short: once it ended, only the tried set
 		// keeps this request off the key.
-		p.Fail(ctx, a, k, keypool.ReasonForbidden, keypool.Hint{After: time.Second, Known: true})
+		p.FailKey(ctx, a, k, keypool.ReasonForbidden, keypool.Hint{After: time.Second, Known: true})
 		clock.Advance(2 * time.Second)
 	}
 	_, err := p.Pick(ctx, keypool.Attempt{RequestID: "req-1", Number: 4})
@@ -265,7 +265,7 @@ func TestExhaustion(t *testing.T) {
 					}
 					continue
 				}
-				p.Fail(ctx, keypool.Attempt{}, k, m.reason, keypool.Hint{After: m.after, Known: m.after > 0})
+				p.FailKey(ctx, keypool.Attempt{}, k, m.reason, keypool.Hint{After: m.after, Known: m.after > 0})
 			}
 			_, err := p.Pick(ctx, keypool.Attempt{Number: 1})
 			var ex *keypool.ExhaustedError
@@ -288,8 +288,8 @@ func TestTriedButRecoveredKeysGiveRetryableExhaustion(t *testing.T) {
 	ctx := context.Background()
 	a1 := keypool.Attempt{RequestID: "r", Number: 1}
 	k := mustPick(t, p, a1)
-	p.Fail(ctx, a1, k, keypool.ReasonForbidden, keypool.Hint{After: time.Second, Known: true})
-	clock.Advance(time.Minute)
+	p.FailKey(ctx, a1, k, keypool.ReasonForbidden, keypool.Hint{After: time.Second, Known: true})
+	clock.Advance(5 * time.Second) // the cooldown ended; the tried set (10s) holds
 	_, err := p.Pick(ctx, keypool.Attempt{RequestID: "r", Number: 2})
 	var ex *keypool.ExhaustedError
 	if !errors.As(err, &ex) || ex.Kind != keypool.ExhaustedRateLimited || ex.RetryAfter != time.Second {
@@ -319,7 +319,7 @@ func TestEnableAndDisable(t *testing.T) {
 	}
 	// Enable also ends a cooldown that a provider failure caused.
 	k1 := p.Status()[0].Key
-	p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonUnauthorized, keypool.Hint{})
+	p.FailKey(ctx, keypool.Attempt{}, k1, keypool.ReasonUnauthorized, keypool.Hint{})
 	if err := p.Enable(ctx, "k1"); err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +412,7 @@ func TestConcurrentWalkAndMark(t *testing.T) {
 					if (g+i+attempt)%3 != 0 {
 						break // served
 					}
-					p.Fail(ctx, a, k, keypool.ReasonRateLimited, keypool.Hint{After: time.Millisecond, Known: true})
+					p.FailKey(ctx, a, k.Key, keypool.ReasonRateLimited, keypool.Hint{After: time.Millisecond, Known: true})
 				}
 				if i%50 == 0 {
 					clock.Advance(time.Second)
