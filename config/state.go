@@ -13,7 +13,8 @@ import (
 
 // State selects where key state lives.
 type State struct {
-	// RequestTTL is how long the keys a request tried are remembered. Default 10m.
+	// RequestTTL is how long a request's tried keys outlive its last failure when
+	// the request's end does not forget them (it normally does). Default 10s.
 	RequestTTL Duration `yaml:"request_ttl"`
 	// Redis shares state between replicas. Absent: state lives in process memory,
 	// for a single replica.
@@ -69,7 +70,7 @@ func (r *Redis) ResolvedSentinelPassword() string { return r.sentinelPassword }
 // The Redis defaults and the timeout bound are redisstate's: this file only
 // names them for the configuration, so that one constant decides each.
 func (s *State) applyDefaults() {
-	setDefault(&s.RequestTTL, Duration(keypool.DefaultRequestTTL))
+	setDefault(&s.RequestTTL, Duration(keypool.DefaultTriedTTL))
 	if s.Redis != nil {
 		setDefault(&s.Redis.Prefix, redisstate.DefaultPrefix)
 		setDefault(&s.Redis.Timeout, Duration(redisstate.DefaultTimeout))

@@ -10,6 +10,7 @@ import (
 
 	"cdr.dev/slog/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/internal/testredis"
@@ -186,4 +187,78 @@ func newPool(t testing.TB, name string, keys []keypool.Key, state keypool.State,
 // sameCooldown compares cooldowns to the millisecond Redis stores.
 func sameCooldown(a, b keypool.Cooldown) bool {
 	return a.Reason == b.Reason && unixMillisCeil(a.Until) == unixMillisCeil(b.Until)
+}
+
+// The tests below the State's API speak of a key's key-wide cooldown; these
+// helpers say it with State v2.
+
+// cooldownOf is the key-wide cooldown in s's local view.
+func cooldownOf(s keypool.State, pool, ref string) keypool.Cooldown {
+	if v := s.View(pool); v != nil {
+		return v.Entries[keypool.Scope{Ref: ref}].Cooldown
+	}
+	return keypool.Cooldown{}
+}
+
+// markFailed marks the key-wide scope, recording requestID's try, and returns
+// the cooldown in force.
+func markFailed(ctx context.Context, s keypool.State, pool, ref, requestID string, c keypool.Cooldown) keypool.Cooldown {
+	span := time.Until(c.Until)
+	return s.Mark(ctx, pool, keypool.Mark{Scope: keypool.Scope{Ref: ref}, Cooldown: c, Span: span, RequestID: requestID}).Entry.Cooldown
+}
+
+// requestRead is what a retry sees: the local view's cooldowns of refs and the
+// request's tried set.
+type requestRead struct {
+	Cooldowns map[string]keypool.Cooldown
+	Tried     []string
+}
+
+func readRequest(ctx context.Context, s keypool.State, pool string, refs []string, requestID string) requestRead {
+	r := requestRead{Cooldowns: map[string]keypool.Cooldown{}, Tried: s.Tried(ctx, pool, requestID)}
+	for _, ref := range refs {
+		if c := cooldownOf(s, pool, ref); c != (keypool.Cooldown{}) {
+			r.Cooldowns[ref] = c
+		}
+	}
+	return r
+}
+
+func (r *replica) Cooldown(pool, ref string) keypool.Cooldown { return cooldownOf(r.State, pool, ref) }
+
+func (r *replica) MarkFailed(ctx context.Context, pool, ref, requestID string, c keypool.Cooldown) keypool.Cooldown {
+	return markFailed(ctx, r.State, pool, ref, requestID, c)
+}
+
+func (r *replica) RequestView(ctx context.Context, pool string, refs []string, requestID string) requestRead {
+	return readRequest(ctx, r.State, pool, refs, requestID)
+}
+
+// storedCooldown is the key-wide cooldown Redis holds for ref.
+func storedCooldown(ctx context.Context, c redis.Cmdable, prefix, pool, ref string) (keypool.Cooldown, bool) {
+	raw, err := c.HGetAll(ctx, layout{prefix}.key(pool, ref)).Result()
+	if err != nil || len(raw) == 0 {
+		return keypool.Cooldown{}, false
+	}
+	msg := pool + " " + ref + " " + raw["v"] + " " + orZero(raw["o"])
+	for f, val := range raw {
+		if model, ok := strings.CutPrefix(f, "s:"); ok {
+			if model == "" {
+				model = keyWideModel
+			}
+			msg += "\n" + model + " " + val
+		}
+	}
+	_, _, ks, ok := parseKeyState(msg)
+	if !ok {
+		return keypool.Cooldown{}, false
+	}
+	return ks.scopes[""].e.Cooldown, true
+}
+
+func orZero(s string) string {
+	if s == "" {
+		return "0"
+	}
+	return s
 }

@@ -79,8 +79,9 @@ type Options struct {
 	// bounded by Timeout whatever the dial needs. URL's dial_timeout, when given,
 	// bounds the dials only. Default: 1s.
 	DialTimeout time.Duration
-	// RequestTTL is how long the keys a request tried are remembered after its last
-	// failure. Default: keypool.DefaultRequestTTL (10m).
+	// RequestTTL is how long a request's tried set outlives its last failure
+	// when the request's end does not forget it (Forget). Default:
+	// keypool.DefaultTriedTTL (10s).
 	RequestTTL time.Duration
 	// HealthCheckInterval is how often an idle change subscription is checked with
 	// a PING, and how often a degraded replica retries a resync; also the longest
@@ -138,7 +139,7 @@ func (o Options) withDefaults() (Options, error) {
 		errs = append(errs, fmt.Errorf("dial timeout %s: must be positive", o.DialTimeout))
 	}
 	if o.RequestTTL == 0 {
-		o.RequestTTL = keypool.DefaultRequestTTL
+		o.RequestTTL = keypool.DefaultTriedTTL
 	} else if o.RequestTTL < 0 {
 		errs = append(errs, fmt.Errorf("request TTL %s: must be positive", o.RequestTTL))
 	}

@@ -159,13 +159,11 @@ func TestRedisStoppedUnderLoad(t *testing.T) {
 
 	// The pool converged on the union of the replicas' marks, in Redis and in
 	// both views.
-	lay := layout{DefaultPrefix}
 	for _, k := range []keypool.Key{keys[0], keys[1], keys[2]} {
 		waitFor(t, "Redis and both replicas agree on "+k.ID(), func() bool {
-			raw, err := srv.Client().Get(ctx, lay.cooldown("openai", k.Ref())).Result()
-			st, ok := parseStored(raw)
-			return err == nil && ok && st.c.ActiveAt(time.Now()) &&
-				sameCooldown(a.Cooldown("openai", k.Ref()), st.c) && sameCooldown(b.Cooldown("openai", k.Ref()), st.c)
+			stc, ok := storedCooldown(ctx, srv.Client(), DefaultPrefix, "openai", k.Ref())
+			return ok && stc.ActiveAt(time.Now()) &&
+				sameCooldown(a.Cooldown("openai", k.Ref()), stc) && sameCooldown(b.Cooldown("openai", k.Ref()), stc)
 		})
 	}
 	for name, r := range map[string]*replica{"A": a, "B": b} {

@@ -101,9 +101,8 @@ func TestOperatorActionDuringAnOutage(t *testing.T) {
 				clock.Advance(time.Millisecond) // the action comes after, to the millisecond Redis keeps
 			}
 			err := tt.act(ctx, poolA)
-			var pending interface{ PendingPropagation() bool }
-			if !errors.Is(err, ErrPending) || !errors.As(err, &pending) {
-				t.Fatalf("action during the outage: err = %v, want ErrPending (applied here, not yet shared)", err)
+			if !errors.Is(err, keypool.ErrPending) {
+				t.Fatalf("action during the outage: err = %v, want keypool.ErrPending (applied here, not yet shared)", err)
 			}
 			if got := a.Cooldown("openai", ref).ActiveAt(time.Now()); got == tt.immediate {
 				t.Errorf("A right after the action: cooling = %v, want the action in force at once", got)
@@ -159,6 +158,6 @@ func TestResyncReadsItsPoolsWithoutScanning(t *testing.T) {
 		t.Errorf("SCAN or KEYS called %d times, want none", got)
 	}
 	waitFor(t, "the restarted Redis has both marks back", func() bool {
-		return srv.Client().Exists(ctx, layout{DefaultPrefix}.cooldown("openai", openai.Ref()), layout{DefaultPrefix}.cooldown("anthropic", anthropic.Ref())).Val() == 2
+		return srv.Client().Exists(ctx, layout{DefaultPrefix}.key("openai", openai.Ref()), layout{DefaultPrefix}.key("anthropic", anthropic.Ref())).Val() == 2
 	})
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,7 +23,7 @@ type State struct {
 	timeout    time.Duration
 	// backgroundTimeout bounds each call of a resync (Options.DialTimeout).
 	backgroundTimeout time.Duration
-	requestTTL        time.Duration
+	triedTTL          time.Duration
 	healthEvery       time.Duration
 	clock             keypool.Clock
 	pools             []string
@@ -41,15 +40,21 @@ type State struct {
 	resyncWanted atomic.Bool
 	closed       atomic.Bool
 
-	cancel    context.CancelFunc
-	done      chan struct{} // closed when the subscriber has returned
-	firstSync chan struct{} // closed after the subscriber's first attempt
-	closeOnce sync.Once
+	cancel     context.CancelFunc
+	done       chan struct{} // closed when the subscriber has returned
+	forgetDone chan struct{} // closed when forgetLoop has returned
+	firstSync  chan struct{} // closed after the subscriber's first attempt
+	closeOnce  sync.Once
 
 	psMu sync.Mutex // protects ps
 	ps   *redis.PubSub
 
-	shim v2shim // temporary keypool.State v2 bridge (v2shim.go)
+	forgets chan forgetReq // Forget's queue, drained by forgetLoop
+
+	// anonPrefix and anonSeq name the failures without a request id for
+	// Corroborate: each is a request of its own, across replicas.
+	anonPrefix string
+	anonSeq    atomic.Uint64
 }
 
 var _ keypool.State = (*State)(nil)
@@ -82,7 +87,9 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		scripts:           newScriptSet(),
 		timeout:           o.Timeout,
 		backgroundTimeout: o.DialTimeout,
-		requestTTL:        o.RequestTTL,
+		triedTTL:          o.RequestTTL,
+		forgets:           make(chan forgetReq, forgetQueue),
+		anonPrefix:        anonPrefix(),
 		healthEvery:       o.HealthCheckInterval,
 		clock:             o.Clock,
 		pools:             o.Pools,
@@ -90,6 +97,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		health:            &health{log: o.Logger.Named("redisstate"), metrics: m},
 		metrics:           m,
 		done:              make(chan struct{}),
+		forgetDone:        make(chan struct{}),
 		firstSync:         make(chan struct{}),
 	}
 	if o.testHooks != nil {
@@ -102,6 +110,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go s.run(runCtx)
+	go s.forgetLoop(runCtx)
 	select {
 	case <-s.firstSync:
 	case <-ctx.Done():
@@ -122,6 +131,7 @@ func (s *State) Close() error {
 		}
 		s.psMu.Unlock()
 		<-s.done
+		<-s.forgetDone
 		if s.ownsClient {
 			err = s.client.Close()
 		}
@@ -136,155 +146,6 @@ func (s *State) Ready() error { return s.health.ready() }
 
 // Healthy reports whether Ready is nil.
 func (s *State) Healthy() bool { return s.health.up() }
-
-// Cooldown implements keypool.State from the local view: no I/O, no allocation.
-func (s *State) Cooldown(pool, ref string) keypool.Cooldown {
-	return s.view.cooldown(pool, ref)
-}
-
-// RequestView implements keypool.State with one round trip: the cooldowns of refs
-// and the request's tried keys, read from Redis and merged into the local view.
-// While Redis is unreachable it answers from the local view and the keys this
-// replica saw the request try.
-func (s *State) RequestView(ctx context.Context, pool string, refs []string, requestID string) keypool.RequestView {
-	now := s.now()
-	var (
-		values  *redis.SliceCmd
-		members *redis.StringSliceCmd
-	)
-	err := s.call(ctx, "request_view", false, func(ctx context.Context) error {
-		keys := make([]string, len(refs))
-		for i, ref := range refs {
-			keys[i] = s.keys.cooldown(pool, ref)
-		}
-		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			if len(keys) > 0 {
-				values = p.MGet(ctx, keys...)
-			}
-			if requestID != "" {
-				members = p.SMembers(ctx, s.keys.tried(pool, requestID))
-			}
-			return nil
-		})
-		return err
-	})
-	if err != nil {
-		return s.view.localRequestView(pool, refs, requestID, now)
-	}
-
-	var tried []string
-	if members != nil {
-		tried = members.Val()
-	}
-	v := s.view
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if values != nil {
-		for i, raw := range values.Val() {
-			str, isString := raw.(string)
-			st, ok := parseStored(str)
-			switch {
-			case ok:
-				v.applyLocked(pool, refs[i], st)
-			case isString:
-				s.resyncWanted.Store(true) // unreadable: a resync rewrites it
-			case v.missingLocked(pool, refs[i], now):
-				s.resyncWanted.Store(true) // Redis lost a mark: push it back
-			default:
-				v.deleteLocked(pool, refs[i])
-			}
-		}
-	}
-	return v.requestViewLocked(pool, refs, requestID, tried, now)
-}
-
-// MarkFailed implements keypool.State with one round trip: a script that keeps
-// the later deadline, records the request's tried key and publishes the change.
-// While Redis is unreachable the mark is kept locally and pushed to Redis when it
-// returns.
-func (s *State) MarkFailed(ctx context.Context, pool, ref, requestID string, c keypool.Cooldown) keypool.Cooldown {
-	now := s.now()
-	s.view.recordTried(pool, ref, requestID, now)
-	// The failure happened whether or not the request is still there: the mark
-	// must reach the other replicas even if Envoy cancelled the stream. It is
-	// still bounded by the State's timeout.
-	ctx = context.WithoutCancel(ctx)
-	var reply []any
-	err := s.call(ctx, "mark", false, func(ctx context.Context) error {
-		keys := []string{s.keys.meta(pool), s.keys.cooldown(pool, ref), s.keys.index(pool)}
-		if requestID != "" {
-			keys = append(keys, s.keys.tried(pool, requestID))
-		}
-		var err error
-		reply, err = s.scripts.mark.Run(ctx, s.client, keys,
-			unixMillisCeil(c.Until), string(c.Reason), now.UnixMilli(), s.requestTTL.Milliseconds(),
-			s.keys.channel(), pool, ref, tombstoneTTL.Milliseconds()).Slice()
-		return err
-	})
-	var st stored
-	if err == nil {
-		var ok bool
-		if st, ok = parseReply(reply); !ok {
-			err = fmt.Errorf("redisstate: unexpected mark reply %v", reply)
-			s.health.failed(ctx, "mark", err)
-		}
-	}
-	if err != nil {
-		s.resyncWanted.Store(true)
-		return s.view.markLocal(pool, ref, c, now)
-	}
-	v := s.view
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if st.seq > 0 {
-		v.applyLocked(pool, ref, st)
-	}
-	e, _ := v.entryLocked(pool, ref)
-	return e.c
-}
-
-// Override implements keypool.State: it replaces the key's state in Redis (a
-// zero Cooldown makes it available) and tells every replica. It tries Redis even
-// while the replica is degraded. When Redis cannot take it, the change is
-// applied to this replica's view at once and pushed to Redis when it returns (a
-// later operator action made through another replica wins); the error then
-// wraps ErrPending, so that the operator knows the other replicas do not have it
-// yet.
-func (s *State) Override(ctx context.Context, pool, ref string, c keypool.Cooldown) error {
-	now := s.now()
-	var reply []any
-	err := s.call(ctx, "override", true, func(ctx context.Context) error {
-		var err error
-		reply, err = s.scripts.override.Run(ctx, s.client,
-			[]string{s.keys.meta(pool), s.keys.cooldown(pool, ref), s.keys.index(pool)},
-			unixMillisCeil(c.Until), string(c.Reason), now.UnixMilli(),
-			s.keys.channel(), pool, ref, tombstoneTTL.Milliseconds()).Slice()
-		return err
-	})
-	var st stored
-	if err == nil {
-		var ok bool
-		if st, ok = parseReply(reply); !ok {
-			err = fmt.Errorf("unexpected override reply %v", reply)
-		}
-	}
-	if err != nil {
-		s.view.overrideLocal(pool, ref, c, now)
-		s.resyncWanted.Store(true)
-		return &PendingError{Pool: pool, Ref: ref, Err: err}
-	}
-	v := s.view
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if e, ok := v.entryLocked(pool, ref); ok && e.pending != pendingNone {
-		// The operator's word replaces what this replica could not push: the
-		// entry yields to Redis's answer below (published once, no gap).
-		e.pending, e.seq = pendingNone, 0
-		v.poolLocked(pool).entries[ref] = e
-	}
-	v.applyLocked(pool, ref, st)
-	return nil
-}
 
 // errDegraded is returned by call while the request path skips Redis.
 var errDegraded = errors.New("redisstate: degraded, serving from the local view")
@@ -338,23 +199,4 @@ func (s *State) now() time.Time {
 		return time.Now()
 	}
 	return s.clock.Now()
-}
-
-// parseReply reads a script reply {untilMs, seq, markMs, reason}.
-func parseReply(reply []any) (stored, bool) {
-	if len(reply) != 4 {
-		return stored{}, false
-	}
-	var parts [4]string
-	for i, r := range reply {
-		switch v := r.(type) {
-		case string:
-			parts[i] = v
-		case int64:
-			parts[i] = strconv.FormatInt(v, 10)
-		default:
-			return stored{}, false
-		}
-	}
-	return parseParts(parts[0], parts[1], parts[2], parts[3])
 }

@@ -2,7 +2,6 @@ package redisstate
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -141,38 +140,20 @@ func (s *State) dropPubSub(ps *redis.PubSub) {
 	}
 }
 
-// notification is the JSON a script publishes for one change.
-type notification struct {
-	Pool   string `json:"p"`
-	Ref    string `json:"r"`
-	Until  string `json:"u"`
-	Seq    string `json:"s"`
-	At     string `json:"a"`
-	Reason string `json:"c"`
-}
-
-// notified applies a change notification to the local view: one key, O(1)
-// whatever the pool size. The replica's own changes come back too and change
-// nothing (the script's reply already applied them).
+// notified applies a change notification, the key's whole state, to the local
+// view: one key, whatever the pool size. The replica's own changes come back
+// too and change nothing (the script's reply already applied them).
 func (s *State) notified(payload string) {
 	s.metrics.notifications.Inc()
 	if s.hooks.dropNotification != nil && s.hooks.dropNotification(payload) {
 		return
 	}
-	var n notification
-	if err := json.Unmarshal([]byte(payload), &n); err != nil {
+	pool, ref, ks, ok := parseKeyState(payload)
+	if !ok {
 		s.resyncWanted.Store(true) // unreadable: read the state instead
 		return
 	}
-	st, ok := parseParts(n.Until, n.Seq, n.At, n.Reason)
-	if !ok || n.Pool == "" || n.Ref == "" {
-		s.resyncWanted.Store(true)
-		return
-	}
-	v := s.view
-	v.mu.Lock()
-	v.applyLocked(n.Pool, n.Ref, st)
-	v.mu.Unlock()
+	s.view.apply(pool, ref, ks, s.now())
 }
 
 // resync pushes what Redis lacks and reloads the local view; success makes the
@@ -224,8 +205,8 @@ func (s *State) synchronise(ctx context.Context) (pools, pushed int, err error) 
 }
 
 // syncPool pushes the pool's state Redis lacks and reloads the pool's view, in
-// two round trips: the index of the pool's cooldowns, then the sync script on
-// those keys and the view's.
+// two round trips: the index of the pool's keys with state, then the sync
+// script on those keys and the view's.
 func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
 	var indexed []string
 	err := s.step(ctx, func(ctx context.Context) error {
@@ -237,22 +218,28 @@ func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
 		return 0, err
 	}
 	now := s.now()
-	entries := s.view.toPush(pool, now)
-	refs := make([]string, 0, len(entries)+len(indexed))
-	keys := []string{s.keys.meta(pool), s.keys.index(pool)}
-	args := []any{now.UnixMilli(), s.keys.channel(), pool, tombstoneTTL.Milliseconds()}
-	given := make(map[string]bool, len(entries))
-	for _, p := range entries {
+	pushed := s.view.toPush(pool, now)
+	given := make(map[string]bool, len(pushed))
+	for _, p := range pushed {
 		given[p.ref] = true
-		refs = append(refs, p.ref)
-		keys = append(keys, s.keys.cooldown(pool, p.ref))
-		args = append(args, p.ref, p.mode, unixMillisCeil(p.e.c.Until), string(p.e.c.Reason), p.e.at, p.e.seq)
 	}
 	for _, ref := range indexed {
 		if !given[ref] {
-			refs = append(refs, ref)
-			keys = append(keys, s.keys.cooldown(pool, ref))
-			args = append(args, ref, "r", 0, "", 0, 0)
+			pushed = append(pushed, pushKey{ref: ref, mode: "r"})
+		}
+	}
+	keys := []string{s.keys.meta(pool), s.keys.index(pool)}
+	args := []any{now.UnixMilli(), s.keys.channel(), pool, tombstoneTTL.Milliseconds()}
+	for _, p := range pushed {
+		keys = append(keys, s.keys.key(pool, p.ref))
+		var ovAt, ovUntil int64
+		ovReason := "-"
+		if p.ov != nil {
+			ovAt, ovUntil, ovReason = p.ov.at, unixMillisCeil(p.ov.c.Until), orDash(string(p.ov.c.Reason))
+		}
+		args = append(args, p.ref, p.vk, ovAt, ovUntil, ovReason, p.mode, len(p.scopes))
+		for _, sc := range p.scopes {
+			args = append(args, sc.model, unixMillisCeil(sc.s.e.Until), sc.s.at, sc.s.e.Span.Milliseconds(), orDash(string(sc.s.e.Reason)))
 		}
 	}
 	var reply []any
@@ -264,16 +251,12 @@ func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	pushed, states, err := parseSyncReply(reply, len(refs))
+	n, states, err := parseSyncReply(pool, reply, pushed)
 	if err != nil {
 		return 0, err
 	}
-	read := make(map[string]*stored, len(refs))
-	for i, ref := range refs {
-		read[ref] = states[i]
-	}
-	s.view.resynced(pool, read, entries)
-	return pushed, nil
+	s.view.resynced(pool, states, pushed, s.now())
+	return n, nil
 }
 
 // step runs one Redis call of a resync. It is background work: bounded by the
@@ -285,29 +268,33 @@ func (s *State) step(ctx context.Context, f func(ctx context.Context) error) err
 	return f(ctx)
 }
 
-// parseSyncReply reads {pushed, {state_1..state_n}}; a missing state is nil.
-func parseSyncReply(reply []any, n int) (int, []*stored, error) {
+// parseSyncReply reads {pushed, {state_1..state_n}}; a key Redis holds nothing
+// for is nil.
+func parseSyncReply(pool string, reply []any, keys []pushKey) (int, map[string]*keyState, error) {
 	bad := fmt.Errorf("unexpected sync reply %v", reply)
 	if len(reply) != 2 {
 		return 0, nil, bad
 	}
 	pushed, ok1 := reply[0].(int64)
 	list, ok2 := reply[1].([]any)
-	if !ok1 || !ok2 || len(list) != n {
+	if !ok1 || !ok2 || len(list) != len(keys) {
 		return 0, nil, bad
 	}
-	states := make([]*stored, n)
+	states := make(map[string]*keyState, len(keys))
 	for i, r := range list {
+		states[keys[i].ref] = nil
 		if r == nil {
 			continue
 		}
-		str, ok := r.(string)
+		msg, ok := r.(string)
 		if !ok {
 			return 0, nil, bad
 		}
-		if st, ok := parseStored(str); ok {
-			states[i] = &st
+		p, ref, ks, ok := parseKeyState(msg)
+		if !ok || p != pool || ref != keys[i].ref {
+			return 0, nil, bad
 		}
+		states[ref] = &ks
 	}
 	return int(pushed), states, nil
 }

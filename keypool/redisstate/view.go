@@ -10,392 +10,378 @@ import (
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 )
 
-// view is this replica's local view of key state: what Cooldown answers without
+// view is this replica's local view of key state: what View answers without
 // I/O, and what every call falls back to while Redis is unreachable.
 //
 // Updates that come from Redis (script replies, reads, notifications) carry the
-// change's sequence number: the highest one wins, whatever the order in which
-// they reach this replica, so a late reply cannot undo a newer change (an
-// operator's enable, say). Sequence numbers come from the Redis clock, so they
+// key's version (the seq of its last change): the highest one wins, whatever the
+// order in which they reach this replica, so a late reply cannot undo a newer
+// change (an operator's enable, say). Versions come from the Redis clock, so they
 // keep growing across a Redis restart or failover.
 type view struct {
-	requestTTL time.Duration
+	// tried holds the tried sets this replica saw, kept whether or not Redis
+	// stores them too: attempts that reach this replica during an outage still
+	// never reuse a key.
+	tried *keypool.TriedSet
 
-	// cells is what Cooldown reads without a lock: one cell per key that ever had
-	// a state. A change stores into its key's cell (O(1), whatever the pool
-	// size); only a key seen for the first time, or a sweep, copies the map.
-	cells atomic.Pointer[map[poolKey]*cell]
+	// published is what View reads: one immutable *keypool.View per pool,
+	// replaced (copy on write) when the pool changes.
+	published atomic.Pointer[map[string]*keypool.View]
 
-	mu        sync.RWMutex // protects the fields below
-	pools     map[string]*poolView
-	tried     map[requestKey]*triedKeys
-	lastSweep time.Time
+	mu      sync.Mutex // protects the fields below
+	pools   map[string]map[string]*localKey
+	windows map[windowKey][]seen // corroboration while Redis is unreachable
 }
 
-// cell holds one key's published cooldown; nil is available.
-type cell struct {
-	c atomic.Pointer[keypool.Cooldown]
+// localKey is what the view holds of one key.
+type localKey struct {
+	v      int64 // version in Redis of the state held; 0: none confirmed
+	scopes map[string]*localScope
+	// ov is an operator's action Redis does not have yet.
+	ov *pendingOverride
+	// pgen counts the changes Redis does not have: a resync clears the pending
+	// marks it pushed only if none came since.
+	pgen uint64
 }
 
-type poolView struct {
-	entries map[string]entry
+type localScope struct {
+	scopeState
+	// pending marks a failure recorded while Redis was unreachable.
+	pending bool
 }
 
-// pendingKind says what of an entry Redis has not stored yet.
-type pendingKind uint8
-
-const (
-	// pendingNone: Redis holds the entry (or a newer state).
-	pendingNone pendingKind = iota
-	// pendingMark: a failure recorded while Redis was unreachable; a resync pushes
-	// it, never shortening, unless an operator replaced the key's state after it.
-	pendingMark
-	// pendingOverride: an operator's action applied while Redis was unreachable
-	// (with any failure recorded since); a resync replaces the key's state with it,
-	// unless Redis holds a later operator action, and keeps any later failure.
-	pendingOverride
-)
-
-type entry struct {
-	c keypool.Cooldown
-	// seq is the change in Redis that set c; 0 when Redis never confirmed it.
-	seq int64
-	// at is when (unix ms) the mark or action that decided c was made.
-	at int64
-	// pending says what a resync must push. For pendingOverride, at is when the
-	// operator acted.
-	pending pendingKind
+type pendingOverride struct {
+	at int64 // unix ms
+	c  keypool.Cooldown
 }
 
-type poolKey struct{ pool, ref string }
-
-type requestKey struct{ pool, requestID string }
-
-type triedKeys struct {
-	refs    []string
-	expires time.Time
+type windowKey struct {
+	pool  string
+	scope keypool.Scope
+	class keypool.Class
 }
 
-func newView(requestTTL time.Duration) *view {
-	v := &view{
-		requestTTL: requestTTL,
-		pools:      make(map[string]*poolView),
-		tried:      make(map[requestKey]*triedKeys),
+type seen struct {
+	member string
+	at     time.Time
+}
+
+func (k *localKey) hasPending() bool {
+	if k.ov != nil {
+		return true
 	}
-	v.cells.Store(&map[poolKey]*cell{})
+	for _, s := range k.scopes {
+		if s.pending {
+			return true
+		}
+	}
+	return false
+}
+
+func newView(triedTTL time.Duration) *view {
+	v := &view{
+		tried:   keypool.NewTriedSet(triedTTL),
+		pools:   make(map[string]map[string]*localKey),
+		windows: make(map[windowKey][]seen),
+	}
+	v.published.Store(&map[string]*keypool.View{})
 	return v
 }
 
-// cooldown is the hot path: two atomic loads and one map lookup, no lock, no
+// get is the hot path: one atomic load and one map lookup, no lock, no
 // allocation.
-func (v *view) cooldown(pool, ref string) keypool.Cooldown {
-	if c := (*v.cells.Load())[poolKey{pool, ref}]; c != nil {
-		if p := c.c.Load(); p != nil {
-			return *p
+func (v *view) get(pool string) *keypool.View { return (*v.published.Load())[pool] }
+
+// keyLocked returns the key's entry, creating it. v.mu must be held.
+func (v *view) keyLocked(pool, ref string) *localKey {
+	keys := v.pools[pool]
+	if keys == nil {
+		keys = make(map[string]*localKey)
+		v.pools[pool] = keys
+	}
+	k := keys[ref]
+	if k == nil {
+		k = &localKey{scopes: make(map[string]*localScope)}
+		keys[ref] = k
+	}
+	return k
+}
+
+// entryLocked is the scope's entry, zero when it has none. v.mu must be held.
+func (v *view) entryLocked(pool string, scope keypool.Scope) keypool.Entry {
+	if k := v.pools[pool][scope.Ref]; k != nil {
+		if s := k.scopes[scope.Model]; s != nil {
+			return s.e
 		}
 	}
-	return keypool.Cooldown{}
+	return keypool.Entry{}
 }
 
-// publishLocked makes c what cooldown answers for the key. v.mu must be held
-// for writing (it serialises the writers of cells).
-func (v *view) publishLocked(pool, ref string, c keypool.Cooldown) {
-	k := poolKey{pool, ref}
-	cells := *v.cells.Load()
-	cl := cells[k]
-	if cl == nil {
-		if c == (keypool.Cooldown{}) {
-			return
+// publishLocked replaces the pool's published View by the current entries,
+// dropping the scopes that retired. Its cost is linear in the pool's scopes
+// with state, paid by failures, probes and operators, never by a first attempt.
+// v.mu must be held.
+func (v *view) publishLocked(pool string, now time.Time) {
+	entries := make(map[keypool.Scope]keypool.Entry)
+	for ref, k := range v.pools[pool] {
+		for model, s := range k.scopes {
+			if !now.Before(s.e.Retires()) && !s.pending {
+				delete(k.scopes, model)
+				continue
+			}
+			entries[keypool.Scope{Ref: ref, Model: model}] = s.e
 		}
-		next := maps.Clone(cells)
-		cl = &cell{}
-		next[k] = cl
-		cl.c.Store(&c)
-		v.cells.Store(&next)
-		return
 	}
-	if old := cl.c.Load(); old != nil && *old == c || old == nil && c == (keypool.Cooldown{}) {
-		return
-	}
-	if c == (keypool.Cooldown{}) {
-		cl.c.Store(nil)
-		return
-	}
-	cl.c.Store(&c)
-}
-
-// putLocked stores the key's entry and publishes its cooldown. v.mu must be
-// held for writing.
-func (v *view) putLocked(pool, ref string, e entry) {
-	v.poolLocked(pool).entries[ref] = e
-	v.publishLocked(pool, ref, e.c)
-}
-
-// deleteLocked forgets the key's entry. v.mu must be held for writing.
-func (v *view) deleteLocked(pool, ref string) {
-	if pv := v.pools[pool]; pv != nil {
-		delete(pv.entries, ref)
-	}
-	v.publishLocked(pool, ref, keypool.Cooldown{})
-}
-
-// poolLocked returns the pool's view, creating it. v.mu must be held for writing.
-func (v *view) poolLocked(pool string) *poolView {
-	pv := v.pools[pool]
-	if pv == nil {
-		pv = &poolView{entries: make(map[string]entry)}
-		v.pools[pool] = pv
-	}
-	return pv
-}
-
-// entryLocked returns the key's entry. v.mu must be held.
-func (v *view) entryLocked(pool, ref string) (entry, bool) {
-	if pv := v.pools[pool]; pv != nil {
-		e, ok := pv.entries[ref]
-		return e, ok
-	}
-	return entry{}, false
+	next := maps.Clone(*v.published.Load())
+	next[pool] = &keypool.View{Entries: entries}
+	v.published.Store(&next)
 }
 
 // applyLocked records a key's state read from Redis, unless the view holds a
-// newer change. A state Redis has not stored yet (pending) only grows: the
-// later deadline wins until a resync pushes it. It reports whether the view
-// changed. v.mu must be held for writing.
-func (v *view) applyLocked(pool, ref string, s stored) bool {
-	e, ok := v.entryLocked(pool, ref)
-	switch {
-	case ok && e.pending != pendingNone:
-		if s.c.Until.After(e.c.Until) {
-			e.c, e.at = s.c, s.at
+// newer one. What Redis does not have yet (pending) survives: the later deadline
+// wins until a resync pushes it, and a pending enable hides the marks it ended.
+// It reports whether the view changed. v.mu must be held; the caller publishes.
+func (v *view) applyLocked(pool, ref string, ks keyState) bool {
+	k := v.keyLocked(pool, ref)
+	if !k.hasPending() {
+		if ks.v <= k.v {
+			return false
 		}
-		e.seq = max(e.seq, s.seq)
-	case !ok || s.seq > e.seq:
-		e = entry{c: s.c, seq: s.seq, at: s.at}
-	default:
-		return false
+		k.v = ks.v
+		k.scopes = make(map[string]*localScope, len(ks.scopes))
+		for model, s := range ks.scopes {
+			k.scopes[model] = &localScope{scopeState: s}
+		}
+		return true
 	}
-	v.putLocked(pool, ref, e)
+	for model, rs := range ks.scopes {
+		if k.ov != nil && rs.at < k.ov.at {
+			continue // our pending action ends it
+		}
+		ls := k.scopes[model]
+		switch {
+		case ls == nil || !ls.pending:
+			k.scopes[model] = &localScope{scopeState: rs}
+		case rs.e.Until.After(ls.e.Until):
+			ls.scopeState = rs
+		}
+	}
+	for model, ls := range k.scopes {
+		if _, ok := ks.scopes[model]; !ok && !ls.pending {
+			delete(k.scopes, model)
+		}
+	}
+	k.v = max(k.v, ks.v)
 	return true
 }
 
-// lostGrace: a key that Redis lacks while the view holds a cooldown ending
-// within this long is taken as expired (the clocks of replicas and Redis differ
-// a little), not as a write Redis lost.
-const lostGrace = time.Second
-
-// missingLocked handles a key Redis holds nothing for, although it should if
-// the view's entry is an active cooldown Redis confirmed: Redis lost it (a
-// restart without persistence, a failover to a replica that missed the write).
-// The view keeps it and the caller should resync, which pushes it back. An
-// operator's enable leaves a tombstone, and an ended cooldown is not active, so
-// neither reads as missing. It reports whether a resync is needed. v.mu must be
-// held.
-func (v *view) missingLocked(pool, ref string, now time.Time) bool {
-	e, ok := v.entryLocked(pool, ref)
-	return ok && e.pending == pendingNone && e.c.ActiveAt(now.Add(lostGrace))
-}
-
-// markLocal records a failure Redis did not store: the later deadline wins and
-// the entry waits for the next resync to reach Redis.
-func (v *view) markLocal(pool, ref string, c keypool.Cooldown, now time.Time) keypool.Cooldown {
+// apply is applyLocked followed by a publication when the view changed.
+func (v *view) apply(pool, ref string, ks keyState, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	e, _ := v.entryLocked(pool, ref)
-	if c.Until.After(e.c.Until) {
-		e.c, e.at = c, now.UnixMilli()
+	if v.applyLocked(pool, ref, ks) {
+		v.publishLocked(pool, now)
 	}
-	if e.pending == pendingNone {
-		e.pending = pendingMark
-	}
-	v.putLocked(pool, ref, e)
-	return e.c
 }
 
-// overrideLocal applies an operator's action Redis did not store: it replaces
-// the key's state at once and waits for the next resync to reach Redis.
+// markLocal records a mark Redis did not store, by the rules of
+// keypool.State.Mark; the key waits for the next resync to push it.
+func (v *view) markLocal(pool string, m keypool.Mark, now time.Time) keypool.MarkResult {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	res := keypool.MarkResult{Changed: v.markLocked(pool, m, now)}
+	res.Entry = v.entryLocked(pool, m.Scope)
+	if res.Changed {
+		v.publishLocked(pool, now)
+	}
+	return res
+}
+
+func (v *view) markLocked(pool string, m keypool.Mark, now time.Time) bool {
+	k := v.keyLocked(pool, m.Scope.Ref)
+	cur := k.scopes[m.Scope.Model]
+	if !m.Cooldown.Until.After(now) || cur != nil && !m.Cooldown.Until.After(cur.e.Until) {
+		return false
+	}
+	k.scopes[m.Scope.Model] = &localScope{
+		scopeState: scopeState{e: keypool.Entry{Cooldown: m.Cooldown, Span: m.Span}, at: now.UnixMilli()},
+		pending:    true,
+	}
+	k.pgen++
+	return true
+}
+
+// corroborateLocal counts a corroboration among the failures this replica saw
+// while Redis was unreachable, and marks locally when a quorum agrees.
+func (v *view) corroborateLocal(pool string, c keypool.Corroboration, member string, now time.Time) keypool.MarkResult {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	wk := windowKey{pool, c.Scope, c.Class}
+	kept := v.windows[wk][:0]
+	for _, s := range v.windows[wk] {
+		if s.member != member && now.Sub(s.at) < c.Window {
+			kept = append(kept, s)
+		}
+	}
+	kept = append(kept, seen{member: member, at: now})
+	res := keypool.MarkResult{Agreeing: len(kept)}
+	if len(kept) >= c.Quorum {
+		delete(v.windows, wk)
+		res.Changed = v.markLocked(pool, keypool.Mark{Scope: c.Scope, Cooldown: c.Cooldown, Span: c.Span}, now)
+		if res.Changed {
+			v.publishLocked(pool, now)
+		}
+	} else {
+		v.windows[wk] = kept
+	}
+	res.Entry = v.entryLocked(pool, c.Scope)
+	return res
+}
+
+// overrideLocal applies an operator's action Redis did not store, by the rules
+// of keypool.State.Override, and keeps it for the next resync to push.
 func (v *view) overrideLocal(pool, ref string, c keypool.Cooldown, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	e, _ := v.entryLocked(pool, ref)
-	v.putLocked(pool, ref, entry{c: c, seq: e.seq, at: now.UnixMilli(), pending: pendingOverride})
+	k := v.keyLocked(pool, ref)
+	if c.Until.After(now) {
+		k.scopes[""] = &localScope{
+			scopeState: scopeState{e: keypool.Entry{Cooldown: c, Span: c.Until.Sub(now)}, at: now.UnixMilli()},
+			pending:    true,
+		}
+	} else {
+		c = keypool.Cooldown{}
+		clear(k.scopes)
+	}
+	k.ov = &pendingOverride{at: now.UnixMilli(), c: c}
+	k.pgen++
+	v.publishLocked(pool, now)
 }
 
-// recordTried adds ref to the request's tried keys, kept locally whether or not
-// Redis stores them too: attempts that reach this replica during an outage still
-// never reuse a key.
-// It also sweeps expired state now and then.
-func (v *view) recordTried(pool, ref, requestID string, now time.Time) {
+// acquireLocal grants a probe lease by this replica alone, while Redis is
+// unreachable: one probe per replica at a time.
+func (v *view) acquireLocal(pool string, scope keypool.Scope, lease keypool.Lease, now time.Time) (keypool.ProbeGrant, keypool.Entry) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.sweepLocked(now)
-	if requestID == "" {
+	k := v.pools[pool][scope.Ref]
+	if k == nil || k.scopes[scope.Model] == nil || !now.Before(k.scopes[scope.Model].e.Retires()) {
+		return keypool.ProbeNotNeeded, keypool.Entry{}
+	}
+	s := k.scopes[scope.Model]
+	switch {
+	case s.e.PhaseAt(now) == keypool.PhaseCooling:
+		return keypool.ProbeCooling, s.e
+	case s.e.ProbeHeldAt(now):
+		return keypool.ProbeBusy, s.e
+	}
+	s.e.ProbeUntil, s.holder = now.Add(lease.TTL), lease.Holder
+	v.publishLocked(pool, now)
+	return keypool.ProbeGranted, s.e
+}
+
+// endProbeLocal ends a lease while Redis is unreachable. A success returns the
+// scope to service on this replica; Redis keeps its entry, so the others probe
+// it once more when it returns.
+func (v *view) endProbeLocal(pool string, scope keypool.Scope, holder string, end keypool.ProbeEnd, now time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	k := v.pools[pool][scope.Ref]
+	if k == nil || k.scopes[scope.Model] == nil || k.scopes[scope.Model].holder != holder {
 		return
 	}
-	k := requestKey{pool, requestID}
-	tk, ok := v.tried[k]
-	if !ok || !now.Before(tk.expires) {
-		tk = &triedKeys{}
-		v.tried[k] = tk
+	s := k.scopes[scope.Model]
+	if end == keypool.ProbeSucceeded && s.e.PhaseAt(now) != keypool.PhaseCooling {
+		delete(k.scopes, scope.Model)
+	} else {
+		s.e.ProbeUntil, s.holder = time.Time{}, ""
 	}
-	if !slices.Contains(tk.refs, ref) {
-		tk.refs = append(tk.refs, ref)
-	}
-	tk.expires = now.Add(v.requestTTL)
+	v.publishLocked(pool, now)
 }
 
-// triedLocked appends to dst the refs the request failed with on this replica.
-// v.mu must be held.
-func (v *view) triedLocked(dst []string, pool, requestID string, now time.Time) []string {
-	if requestID == "" {
-		return dst
-	}
-	tk, ok := v.tried[requestKey{pool, requestID}]
-	if !ok || !now.Before(tk.expires) {
-		return dst
-	}
-	for _, ref := range tk.refs {
-		if !slices.Contains(dst, ref) {
-			dst = append(dst, ref)
-		}
-	}
-	return dst
+// pushKey is one key a resync reads, with what the view knows of it that Redis
+// may lack.
+type pushKey struct {
+	ref  string
+	vk   int64
+	ov   *pendingOverride
+	mode string // see syncLua
+	// scopes are the pending marks (mode "p") or the confirmed active scopes
+	// (mode "v").
+	scopes []pushScope
+	pgen   uint64
 }
 
-// requestViewLocked builds the answer of RequestView from the view. v.mu must be
-// held.
-func (v *view) requestViewLocked(pool string, refs []string, requestID string, tried []string, now time.Time) keypool.RequestView {
-	rv := keypool.RequestView{Cooldowns: make(map[string]keypool.Cooldown, len(refs))}
-	if pv := v.pools[pool]; pv != nil {
-		for _, ref := range refs {
-			if e, ok := pv.entries[ref]; ok && e.c.ActiveAt(now) {
-				rv.Cooldowns[ref] = e.c
-			}
-		}
-	}
-	rv.Tried = v.triedLocked(tried, pool, requestID, now)
-	return rv
-}
-
-// localRequestView answers RequestView from the view alone.
-func (v *view) localRequestView(pool string, refs []string, requestID string, now time.Time) keypool.RequestView {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.requestViewLocked(pool, refs, requestID, nil, now)
-}
-
-// pushEntry is a key a resync reads, and pushes to Redis what the view knows of
-// it that Redis may lack.
-type pushEntry struct {
-	ref string
-	e   entry
-	// mode tells the sync script what to do (see syncLua): "r" read only, "v" a
-	// confirmed mark Redis may have lost, "p" a pending mark, "o" a pending
-	// override.
-	mode string
+type pushScope struct {
+	model string
+	s     scopeState
 }
 
 // poolNames lists the pools the view knows.
 func (v *view) poolNames() []string {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	return slices.Collect(maps.Keys(v.pools))
 }
 
-// toPush lists what a resync of the pool must push or read: every pending
-// entry, every confirmed active cooldown (Redis may have lost it), and every
-// other key the view holds, to learn its state.
-func (v *view) toPush(pool string, now time.Time) []pushEntry {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	pv := v.pools[pool]
-	if pv == nil {
-		return nil
-	}
-	out := make([]pushEntry, 0, len(pv.entries))
-	for ref, e := range pv.entries {
-		mode := "r"
-		switch {
-		case e.pending == pendingMark:
-			mode = "p"
-		case e.pending == pendingOverride:
-			mode = "o"
-		case e.c.ActiveAt(now.Add(lostGrace)):
-			mode = "v"
+// toPush lists every key of the pool the view holds, with what a resync must
+// push: its pending marks and action, or, for a key whose state Redis
+// confirmed and that still has an active scope, that state (Redis may have lost
+// it).
+func (v *view) toPush(pool string, now time.Time) []pushKey {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]pushKey, 0, len(v.pools[pool]))
+	for ref, k := range v.pools[pool] {
+		p := pushKey{ref: ref, vk: k.v, ov: k.ov, mode: "r", pgen: k.pgen}
+		if k.hasPending() {
+			p.mode = "p"
+			for model, s := range k.scopes {
+				if s.pending {
+					p.scopes = append(p.scopes, pushScope{model, s.scopeState})
+				}
+			}
+		} else if k.v > 0 {
+			for model, s := range k.scopes {
+				if now.Before(s.e.Retires()) {
+					p.scopes = append(p.scopes, pushScope{model, s.scopeState})
+				}
+			}
+			if len(p.scopes) > 0 {
+				p.mode = "v"
+			}
 		}
-		out = append(out, pushEntry{ref: ref, e: e, mode: mode})
+		out = append(out, p)
 	}
 	return out
 }
 
-// resynced replaces the pool's view by what a resync read from Redis (read, by
-// ref; nil when Redis holds nothing for it) after pushing the entries pushed.
-// A pushed entry is no longer pending unless it changed during the resync; the
-// view then holds what Redis holds, and forgets the keys Redis has nothing for.
-func (v *view) resynced(pool string, read map[string]*stored, pushed []pushEntry) {
+// resynced replaces the pool's keys by what a resync read from Redis (states,
+// by ref; nil when Redis holds nothing for it) after pushing pushed. A key's
+// pending state is cleared when the resync pushed it and nothing changed since.
+func (v *view) resynced(pool string, states map[string]*keyState, pushed []pushKey, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, p := range pushed {
-		if e, ok := v.entryLocked(pool, p.ref); ok && e == p.e && e.pending != pendingNone {
-			e.pending = pendingNone
-			e.seq = 0
-			v.putLocked(pool, p.ref, e)
+		k := v.pools[pool][p.ref]
+		if k == nil || k.pgen != p.pgen || !k.hasPending() {
+			continue
 		}
+		k.ov = nil
+		for _, s := range k.scopes {
+			s.pending = false
+		}
+		k.v = 0 // Redis's state replaces it below
 	}
-	for ref, s := range read {
-		e, ok := v.entryLocked(pool, ref)
+	for ref, ks := range states {
 		switch {
-		case ok && e.pending != pendingNone:
-			v.applyLocked(pool, ref, derefStored(s))
-		case s == nil:
-			if ok {
-				v.deleteLocked(pool, ref)
+		case ks != nil:
+			if k := v.pools[pool][ref]; k != nil && !k.hasPending() && ks.v < k.v {
+				k.v = 0 // Redis is authoritative after a resync
 			}
-		case !ok || s.seq >= e.seq:
-			v.putLocked(pool, ref, entry{c: s.c, seq: s.seq, at: s.at})
+			v.applyLocked(pool, ref, *ks)
+		case v.pools[pool][ref] != nil && !v.pools[pool][ref].hasPending():
+			delete(v.pools[pool], ref)
 		}
 	}
-}
-
-func derefStored(s *stored) stored {
-	if s == nil {
-		return stored{}
-	}
-	return *s
-}
-
-// sweepGrace keeps an ended cooldown a little while, so that a late, older
-// update cannot bring it back.
-const sweepGrace = time.Minute
-
-// sweepLocked forgets expired requests and ended cooldowns, at most twice per
-// request TTL, so memory stays bounded by the traffic of the last TTL. v.mu must
-// be held for writing.
-func (v *view) sweepLocked(now time.Time) {
-	if now.Sub(v.lastSweep) < v.requestTTL/2 {
-		return
-	}
-	v.lastSweep = now
-	for k, tk := range v.tried {
-		if !now.Before(tk.expires) {
-			delete(v.tried, k)
-		}
-	}
-	cells := *v.cells.Load()
-	next := make(map[poolKey]*cell, len(cells))
-	for pool, pv := range v.pools {
-		for ref, e := range pv.entries {
-			if e.pending == pendingNone && !e.c.ActiveAt(now.Add(-sweepGrace)) {
-				delete(pv.entries, ref)
-				continue
-			}
-			k := poolKey{pool, ref}
-			if cl := cells[k]; cl != nil {
-				next[k] = cl
-			}
-		}
-	}
-	if len(next) != len(cells) {
-		v.cells.Store(&next)
-	}
+	v.publishLocked(pool, now)
 }

@@ -121,13 +121,10 @@ const (
 // keyActionResult is the HTTP status and the "status" field of a key action's
 // answer; ok is false after it answered an error itself.
 func (h *Handler) keyActionResult(w http.ResponseWriter, err error) (code int, status string, ok bool) {
-	// The state says so without this package importing it (redisstate's
-	// PendingError).
-	var pending interface{ PendingPropagation() bool }
 	switch {
 	case err == nil:
 		return http.StatusOK, actionApplied, true
-	case errors.As(err, &pending) && pending.PendingPropagation():
+	case errors.Is(err, keypool.ErrPending):
 		return http.StatusAccepted, actionPending, true
 	case errors.Is(err, keypool.ErrUnknownKey):
 		writeError(w, http.StatusNotFound, err.Error())

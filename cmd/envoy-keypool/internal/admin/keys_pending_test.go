@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -18,14 +19,9 @@ import (
 // during a Redis outage, that the other replicas do not have them yet.
 type cutOffState struct{ *keypool.MemoryState }
 
-type pendingErr struct{}
-
-func (pendingErr) Error() string            { return "applied on this replica; redis unreachable" }
-func (pendingErr) PendingPropagation() bool { return true }
-
 func (s cutOffState) Override(ctx context.Context, pool, ref string, c keypool.Cooldown) error {
 	_ = s.MemoryState.Override(ctx, pool, ref, c)
-	return pendingErr{}
+	return &keypool.PendingError{Err: errors.New("redis unreachable")}
 }
 
 func TestKeyActionDuringAnOutageIsAppliedAndSaysSo(t *testing.T) {
