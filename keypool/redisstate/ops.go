@@ -18,13 +18,13 @@ import (
 func (s *State) View(pool string) *keypool.View { return s.view.get(pool) }
 
 // Tried implements keypool.State with one round trip (SMEMBERS), whatever the
-// size of the pool. While Redis is unreachable it answers with the keys this
-// replica saw the request try.
+// size of the pool: Redis's set is the answer (a request another replica
+// forgot is forgotten here too). While Redis is unreachable it answers with the
+// keys this replica saw the request try.
 func (s *State) Tried(ctx context.Context, pool, requestID string) []string {
 	if requestID == "" {
 		return nil
 	}
-	local := s.view.tried.Get(pool, requestID, s.now())
 	var remote []string
 	err := s.call(ctx, "tried", false, func(ctx context.Context) error {
 		var err error
@@ -32,9 +32,9 @@ func (s *State) Tried(ctx context.Context, pool, requestID string) []string {
 		return err
 	})
 	if err != nil {
-		return local
+		return s.view.tried.Get(pool, requestID, s.now())
 	}
-	return union(remote, local)
+	return remote
 }
 
 // RecordTried implements keypool.State with one script.

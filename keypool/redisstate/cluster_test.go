@@ -1,0 +1,109 @@
+package redisstate
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/testredis"
+	"github.com/envoy-keypool/envoy-keypool/keypool"
+)
+
+// crossSlotHook fails the test on any CROSSSLOT error a command gets.
+type crossSlotHook struct{ t *testing.T }
+
+func (h crossSlotHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h crossSlotHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if err != nil && strings.Contains(err.Error(), "CROSSSLOT") {
+			h.t.Errorf("CROSSSLOT on %s: %v", cmd.Name(), err)
+		}
+		return err
+	}
+}
+
+func (h crossSlotHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			if e := cmd.Err(); e != nil && strings.Contains(e.Error(), "CROSSSLOT") {
+				h.t.Errorf("CROSSSLOT on %s: %v", cmd.Name(), e)
+			}
+		}
+		return err
+	}
+}
+
+// Every operation of the State, on pools whose slots live on different
+// masters of a real 3-master Cluster, runs without a CROSSSLOT error, and
+// each replica stays healthy; then a master is killed under the load of 16
+// workers: no request fails, and the pool's state converges on the promoted
+// replica within two seconds of it being up.
+func TestClusterOperationsAndMasterKill(t *testing.T) {
+	cluster := testredis.StartCluster(t)
+	t.Cleanup(func() { cluster.AssertNoSecrets(t, testValues...) })
+	pools := []string{"openai", "anthropic", "gemini", "azure"}
+	opts := func() Options {
+		return Options{Addrs: cluster.Addrs(), Cluster: true, Pools: pools,
+			testHooks: &testHooks{redisHooks: []redis.Hook{crossSlotHook{t}}}}
+	}
+	a := newHealthyReplica(t, opts())
+	b := newHealthyReplica(t, opts())
+	ctx := context.Background()
+	masters := map[string]bool{}
+	for _, pool := range pools {
+		masters[cluster.MasterOf(layout{DefaultPrefix}.meta(pool)).Addr()] = true
+		keys := testKeys(pool, 2)
+		ref := keys[0].Ref()
+		c := keypool.Cooldown{Until: time.Now().Add(time.Minute), Reason: keypool.ReasonRateLimited}
+		a.Mark(ctx, pool, keypool.Mark{Scope: keypool.Scope{Ref: ref, Model: "m1"}, Cooldown: c, Span: time.Minute, RequestID: "r1"})
+		b.RecordTried(ctx, pool, keys[1].Ref(), "r1")
+		if got := b.Tried(ctx, pool, "r1"); len(got) != 2 {
+			t.Errorf("%s: tried %v, want both keys", pool, got)
+		}
+		b.Corroborate(ctx, pool, keypool.Corroboration{Scope: keypool.Scope{Ref: ref}, Class: keypool.ClassRateLimitUnconfirmed,
+			RequestID: "r2", Quorum: 1, Window: time.Second, Cooldown: keypool.Cooldown{Until: time.Now().Add(time.Second), Reason: keypool.ReasonRateLimited}, Span: time.Second})
+		a.AcquireProbe(ctx, pool, keypool.Scope{Ref: keys[1].Ref()}, keypool.Lease{Holder: "h", TTL: time.Second})
+		a.EndProbe(ctx, pool, keypool.Scope{Ref: ref}, "h", keypool.ProbeReleased)
+		if err := b.Override(ctx, pool, keys[1].Ref(), keypool.Cooldown{Until: time.Now().Add(time.Hour), Reason: keypool.ReasonDisabled}); err != nil {
+			t.Errorf("%s: override: %v", pool, err)
+		}
+		a.Forget(ctx, pool, "r1")
+	}
+	if len(masters) < 2 {
+		t.Logf("the pools' slots are on %d master(s)", len(masters))
+	}
+	for name, r := range map[string]*replica{"A": a, "B": b} {
+		if !r.Healthy() {
+			t.Errorf("%s degraded after the operations: %v", name, r.Ready())
+		}
+	}
+
+	// A master killed under load.
+	keys := testKeys("openai", 6)
+	poolA, poolB := newPool(t, "openai", keys, a, nil), newPool(t, "openai", keys, b, nil)
+	serve := func(k keypool.Key) (keypool.Reason, keypool.Hint, bool) {
+		if k.ID() == "key-1" {
+			return keypool.ReasonUnauthorized, keypool.Hint{}, true
+		}
+		return "", keypool.Hint{}, false
+	}
+	l := startLoad(ctx, 16, []*keypool.Pool{poolA, poolB}, serve)
+	l.waitRequests(t, 200)
+	master := cluster.MasterOf(layout{DefaultPrefix}.meta("openai"))
+	promoted := cluster.KillMaster(master)
+	up := time.Now()
+	// The promoted master holds key-1's mark, pushed back if it missed it.
+	waitFor(t, "the promoted master holds key-1's cooldown", func() bool {
+		c, ok := storedCooldown(ctx, promoted.Client(), DefaultPrefix, "openai", keys[0].Ref())
+		return ok && c.ActiveAt(time.Now())
+	})
+	t.Logf("state on the promoted master %s after it was up (target: 2s)", time.Since(up).Round(time.Millisecond))
+	l.waitRequests(t, 200)
+	l.finish(t)
+}
