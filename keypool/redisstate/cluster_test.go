@@ -99,8 +99,15 @@ func TestClusterOperationsAndMasterKill(t *testing.T) {
 	promoted := cluster.KillMaster(master)
 	up := time.Now()
 	// The promoted master holds key-1's mark, pushed back if it missed it.
+	missing := 0
 	waitFor(t, "the promoted master holds key-1's cooldown", func() bool {
 		c, ok := storedCooldown(ctx, promoted.Client(), DefaultPrefix, "openai", keys[0].Ref())
+		if !ok {
+			if missing++; missing == 1 {
+				raw, err := promoted.Client().HGetAll(ctx, layout{DefaultPrefix}.key("openai", keys[0].Ref())).Result()
+				t.Logf("the promoted master lacks key-1's state at first: %v %v", raw, err)
+			}
+		}
 		return ok && c.ActiveAt(time.Now())
 	})
 	t.Logf("state on the promoted master %s after it was up (target: 2s)", time.Since(up).Round(time.Millisecond))
