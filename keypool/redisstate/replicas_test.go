@@ -76,7 +76,15 @@ func TestCooldownEndsOnBothReplicas(t *testing.T) {
 		}
 
 		clock.Advance(time.Hour + time.Millisecond)
-		for name, p := range map[string]*keypool.Pool{"A": poolA, "B": poolB} {
+		for _, name := range []string{"A", "B"} {
+			p := map[string]*keypool.Pool{"A": poolA, "B": poolB}[name]
+			if name == "B" {
+				// A's probe succeeded: B learns it from the change channel.
+				waitFor(t, "B sees key-1 back", func() bool {
+					_, ok := b.View("openai").Entries[keypool.Scope{Ref: keys[0].Ref()}]
+					return !ok
+				})
+			}
 			for _, attempt := range []keypool.Attempt{{RequestID: "r3", Number: 1}, {RequestID: "r3", Number: 2}} {
 				k, err := p.Pick(ctx, attempt)
 				if err != nil || k.ID() != "key-1" {
