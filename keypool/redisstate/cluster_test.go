@@ -93,7 +93,7 @@ func TestClusterOperationsAndMasterKill(t *testing.T) {
 		}
 		return "", keypool.Hint{}, false
 	}
-	l := startLoad(ctx, 16, []*keypool.Pool{poolA, poolB}, serve)
+	l := startLoad(ctx, t, 16, []*keypool.Pool{poolA, poolB}, serve)
 	l.waitRequests(t, 200)
 	master := cluster.MasterOf(layout{DefaultPrefix}.meta("openai"))
 	promoted := cluster.KillMaster(master)

@@ -113,6 +113,11 @@ type testHooks struct {
 	dropNotification func(payload string) bool
 	// redisHooks are added to the client before the State uses it.
 	redisHooks []redis.Hook
+	// timeout, when set, replaces Options.Timeout past MaxTimeout: on a loaded
+	// CI machine under the race detector a Redis call now and then takes longer
+	// than 150ms, which tests of what replicas share must not mistake for an
+	// outage. The tests of timeouts and outages set Options.Timeout instead.
+	timeout time.Duration
 }
 
 // withDefaults returns a copy of o with every zero field set to its default, or

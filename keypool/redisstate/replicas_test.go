@@ -186,7 +186,11 @@ func TestRetryNeverReusesAKeyFailedOnAnotherReplica(t *testing.T) {
 			}
 			// A 403 gives a short cooldown; the request must still not get key-1 again.
 			poolA.FailKey(ctx, first, k.Key, keypool.ReasonForbidden, keypool.Hint{})
-			<-missed
+			select {
+			case <-missed:
+			case <-time.After(15 * time.Second):
+				t.Fatalf("B received no notification of A's mark (A: %v)", a.Ready())
+			}
 			if b.Cooldown("openai", k.Ref()).ActiveAt(time.Now()) {
 				t.Fatal("B saw the notification it should have missed")
 			}

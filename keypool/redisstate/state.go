@@ -102,6 +102,9 @@ func New(ctx context.Context, opts Options) (*State, error) {
 	}
 	if o.testHooks != nil {
 		s.hooks = *o.testHooks
+		if o.testHooks.timeout > 0 {
+			s.timeout = o.testHooks.timeout
+		}
 		for _, h := range o.testHooks.redisHooks {
 			client.AddHook(h)
 		}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"cdr.dev/slog/v3"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -35,6 +36,7 @@ func (s *State) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		s.health.log.Debug(ctx, "redis change subscription failed", slog.F("op", op), slog.Error(err))
 		s.health.lost(ctx, op, err)
 		s.reloadTopology()
 		first()
@@ -164,6 +166,7 @@ func (s *State) resync(ctx context.Context) {
 	pools, pushed, err := s.synchronise(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
+			s.health.log.Debug(ctx, "redis resynchronisation failed", slog.Error(err))
 			s.resyncWanted.Store(true)
 			s.reloadTopology()
 			if s.health.up() {
