@@ -47,13 +47,13 @@ func request(ctx context.Context, id string, pools []*keypool.Pool, serve provid
 
 // load runs requests on several goroutines until stop is closed, counting them.
 type load struct {
-	done   atomic.Int64
-	mu     sync.Mutex
-	errs   []error
+	done     atomic.Int64
+	mu       sync.Mutex
+	errs     []error
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
-	reused atomic.Int64 // requests that got a key twice across replicas
+	reused   atomic.Int64 // requests that got a key twice across replicas
 }
 
 // startLoad starts the workers; finish stops them, and so does the end of the
