@@ -111,6 +111,8 @@ func TestClusterOperationsAndMasterKill(t *testing.T) {
 		return ok && c.ActiveAt(time.Now())
 	})
 	t.Logf("state on the promoted master %s after it was up (target: 2s)", time.Since(up).Round(time.Millisecond))
+	a.logs.dump(t, "A")
+	b.logs.dump(t, "B")
 	l.waitRequests(t, 200)
 	l.finish(t)
 }

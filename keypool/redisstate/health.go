@@ -158,7 +158,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "envoy_keypool_redis_errors_total",
-			Help: "Failed Redis calls, by operation (mark, request_view, override, sync, subscribe).",
+			Help: "Failed Redis calls, by operation (mark, corroborate, tried, probe, override, forget, sync, check, subscribe).",
 		}, []string{"op"}),
 		notifications: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "envoy_keypool_redis_notifications_total",

@@ -74,7 +74,8 @@ type replica struct {
 // command counter, and closes it when the test ends.
 func newReplica(t *testing.T, opts Options) *replica {
 	t.Helper()
-	r := &replica{counter: &testredis.Counter{}, logs: &logSink{}, reg: prometheus.NewRegistry()}
+	// The counter measures what requests cost, not the State's upkeep.
+	r := &replica{counter: &testredis.Counter{Ignore: IsBackground}, logs: &logSink{}, reg: prometheus.NewRegistry()}
 	started := time.Now().Format("15:04:05.000")
 	opts.Logger = slog.Make(r.logs).Leveled(slog.LevelDebug)
 	opts.Registerer = r.reg
@@ -129,6 +130,23 @@ func (r *replica) gauge(t *testing.T, name string) float64 {
 	for _, mf := range mfs {
 		if mf.GetName() == name {
 			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
+
+// counterMetric reads the value of an unlabelled counter from the replica's
+// registry.
+func (r *replica) counterMetric(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
 		}
 	}
 	t.Fatalf("metric %s not registered", name)

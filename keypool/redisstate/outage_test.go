@@ -56,6 +56,12 @@ type load struct {
 	reused   atomic.Int64 // requests that got a key twice across replicas
 }
 
+// loadPace is the least time between two requests of one load worker: a
+// client waits on its provider between requests, and a worker that never
+// waits (every call served from the local view while Redis is down) would
+// take the CPU from the subscriber whose convergence a test measures.
+const loadPace = 2 * time.Millisecond
+
 // startLoad starts the workers; finish stops them, and so does the end of the
 // test (a test that fails early must not leave them spinning for the next).
 func startLoad(ctx context.Context, t *testing.T, workers int, pools []*keypool.Pool, serve provider) *load {
@@ -65,11 +71,13 @@ func startLoad(ctx context.Context, t *testing.T, workers int, pools []*keypool.
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
+			pace := time.NewTicker(loadPace)
+			defer pace.Stop()
 			for i := 0; ; i++ {
 				select {
 				case <-l.stop:
 					return
-				default:
+				case <-pace.C:
 				}
 				// Rotate which replica takes the first attempt.
 				ordered := slices.Clone(pools)

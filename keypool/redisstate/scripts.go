@@ -274,7 +274,8 @@ return {1, save(KEYS[1], KEYS[2], KEYS[3], ARGV[7], st, now, tonumber(ARGV[8]), 
 //	ARGV: nowMs, channel, pool, tombstoneMs, then per key: ref, vk, ovAt,
 //	      ovUntilMs, ovReason, mode, n, then n times: model, untilMs, markMs,
 //	      spanMs, reason
-//	reply: {pushed, {state_1..state_n}} where state_i is a key state or false
+//	reply: {pushed, {state_1..state_n}, seq} where state_i is a key state or
+//	false, and seq the pool's seq after the pushes ("0" when it has none)
 var syncLua = luaCommon + `
 local now, channel, pool, tomb = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local a, pushed, states = 5, 0, {}
@@ -299,7 +300,7 @@ for i = 3, #KEYS do
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-return {pushed, states}
+return {pushed, states, redis.call('HGET', KEYS[1], 'seq') or '0'}
 `
 
 // scriptSet holds the scripts of one State. They are loaded into Redis on every

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -23,8 +24,9 @@ var errNoPong = errors.New("redisstate: change subscription did not answer PING"
 
 // run is the subscriber: it keeps the change subscription up, applies change
 // notifications to the local view, and resynchronises the view on every
-// (re)subscription and, while degraded, once per health check interval. It
-// returns when ctx is done.
+// (re)subscription, when Redis lost writes (checkVersions, once per health
+// check interval), and, while degraded, once per interval. It returns when ctx
+// is done.
 func (s *State) run(ctx context.Context) {
 	defer close(s.done)
 	var firstOnce sync.Once
@@ -45,18 +47,29 @@ func (s *State) run(ctx context.Context) {
 	}
 
 	// A degraded replica retries a resync at most once per interval, even when
-	// notifications keep the subscription busy.
-	var lastSync time.Time
+	// notifications keep the subscription busy; a healthy one checks its view
+	// against Redis once per interval, a resync counting as a check.
+	var lastSync, lastCheck time.Time
 	resync := func() {
 		lastSync = time.Now()
+		lastCheck = lastSync
 		s.resync(ctx)
 		first()
 	}
-	resyncDue := func() bool {
-		if s.health.up() {
-			return s.resyncWanted.Load()
+	maintain := func() {
+		if !s.health.up() {
+			if time.Since(lastSync) >= s.healthEvery {
+				resync()
+			}
+			return
 		}
-		return time.Since(lastSync) >= s.healthEvery
+		if time.Since(lastCheck) >= s.healthEvery {
+			lastCheck = time.Now()
+			s.checkVersions(ctx)
+		}
+		if s.resyncWanted.Load() {
+			resync()
+		}
 	}
 
 	var ps *redis.PubSub
@@ -82,44 +95,99 @@ func (s *State) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
-			if !isTimeout(err) {
-				// go-redis reconnects and resubscribes on the next receive; the
-				// subscription confirmation then triggers a resync.
+		switch {
+		case err == nil:
+			wait = minRetryWait
+			pinged = false
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" {
+					resync()
+				}
+			case *redis.Message:
+				s.notified(m.Payload)
+			}
+		case !isTimeout(err):
+			// go-redis reconnects and resubscribes on the next receive; the
+			// subscription confirmation then triggers a resync.
+			fail("subscribe", err)
+			continue
+		case pinged:
+			s.dropPubSub(ps)
+			ps = nil
+			fail("subscribe", errNoPong)
+			continue
+		case s.health.up():
+			// Idle for an interval: the subscription must still answer. (While
+			// degraded, the resync or the subscription confirmation tells.)
+			if err := ps.Ping(ctx); err != nil {
 				fail("subscribe", err)
 				continue
 			}
-			switch {
-			case pinged:
-				s.dropPubSub(ps)
-				ps = nil
-				fail("subscribe", errNoPong)
-			case resyncDue():
-				resync()
-			default:
-				if err := ps.Ping(ctx); err != nil {
-					fail("subscribe", err)
-					continue
-				}
-				pinged = true
-			}
-			continue
+			pinged = true
 		}
+		maintain()
+	}
+}
 
-		wait = minRetryWait
-		pinged = false
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" {
-				resync()
+// checkVersions compares, for each pool where Redis confirmed a version to
+// this replica, the pool's seq in Redis with that version: a lower seq means
+// Redis lost writes (a restart without persistence, a failover to a replica
+// that missed them), and a resync pushes them back. It is what makes a
+// replica converge after a failover without waiting for traffic: one HGET per
+// pool with state, pipelined (one round trip per Cluster node), once per
+// health check interval. A failed check counts as a failed call and asks for
+// a resync, a Cluster client reloading its slot map first.
+func (s *State) checkVersions(ctx context.Context) {
+	confirmed := s.view.confirmedVersions()
+	if len(confirmed) == 0 {
+		return
+	}
+	cmds := make(map[string]*redis.StringCmd, len(confirmed))
+	err := s.step(ctx, func(ctx context.Context) error {
+		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for pool := range confirmed {
+				cmds[pool] = p.HGet(ctx, s.keys.meta(pool), "seq")
 			}
-		case *redis.Message:
-			s.notified(m.Payload)
+			return nil
+		})
+		if errors.Is(err, redis.Nil) {
+			err = nil // a pool without seq: checked below
 		}
-		if resyncDue() {
-			resync()
+		return err
+	})
+	if err == nil {
+		err = s.compareVersions(ctx, confirmed, cmds)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			s.reloadTopology()
+			s.resyncWanted.Store(true)
+			s.health.failed(ctx, "check", err)
+		}
+		return
+	}
+	s.health.succeeded()
+}
+
+// compareVersions asks for a resync when a pool's seq in Redis (cmds) is lower
+// than the version Redis confirmed (confirmed).
+func (s *State) compareVersions(ctx context.Context, confirmed map[string]int64, cmds map[string]*redis.StringCmd) error {
+	for pool, cmd := range cmds {
+		seq, err := cmd.Int64()
+		if errors.Is(err, redis.Nil) {
+			seq, err = 0, nil // Redis lost the pool's seq too
+		}
+		if err != nil {
+			return err
+		}
+		if seq < confirmed[pool] {
+			s.health.log.Debug(ctx, "redis holds an older state of the pool than this replica saw: resynchronising",
+				slog.F("pool", pool), slog.F("redis_seq", seq), slog.F("seen", confirmed[pool]))
+			s.resyncWanted.Store(true)
 		}
 	}
+	return nil
 }
 
 // newPubSub starts a subscription object without I/O, or returns nil after Close.
@@ -254,34 +322,48 @@ func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n, states, err := parseSyncReply(pool, reply, pushed)
+	n, states, seq, err := parseSyncReply(pool, reply, pushed)
 	if err != nil {
 		return 0, err
 	}
-	s.view.resynced(pool, states, pushed, s.now())
+	s.view.resynced(pool, states, pushed, seq, s.now())
 	return n, nil
 }
 
-// step runs one Redis call of a resync. It is background work: bounded by the
-// dial timeout, not by the request path's tighter Timeout, so a Redis that is
-// slow now and then still resynchronises.
+// step runs one Redis call of the background work (a resync, a check, a batch
+// of Forgets): bounded by the dial timeout, not by the request path's tighter
+// Timeout, so a Redis that is slow now and then still resynchronises. Its
+// context says it is background work, so that a hook counting what requests
+// cost can leave it out (IsBackground).
 func (s *State) step(ctx context.Context, f func(ctx context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, s.backgroundTimeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, backgroundKey{}, true), s.backgroundTimeout)
 	defer cancel()
 	return f(ctx)
 }
 
-// parseSyncReply reads {pushed, {state_1..state_n}}; a key Redis holds nothing
-// for is nil.
-func parseSyncReply(pool string, reply []any, keys []pushKey) (int, map[string]*keyState, error) {
+type backgroundKey struct{}
+
+// IsBackground reports whether ctx is that of a Redis call the State makes on
+// its own (resyncs, checks, Forget's batches) rather than for a request: a
+// go-redis hook given ctx can tell what requests cost from upkeep.
+func IsBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
+}
+
+// parseSyncReply reads {pushed, {state_1..state_n}, seq}; a key Redis holds
+// nothing for is nil.
+func parseSyncReply(pool string, reply []any, keys []pushKey) (int, map[string]*keyState, int64, error) {
 	bad := fmt.Errorf("unexpected sync reply %v", reply)
-	if len(reply) != 2 {
-		return 0, nil, bad
+	if len(reply) != 3 {
+		return 0, nil, 0, bad
 	}
 	pushed, ok1 := reply[0].(int64)
 	list, ok2 := reply[1].([]any)
-	if !ok1 || !ok2 || len(list) != len(keys) {
-		return 0, nil, bad
+	seqText, ok3 := reply[2].(string)
+	seq, err := strconv.ParseInt(seqText, 10, 64)
+	if !ok1 || !ok2 || !ok3 || err != nil || len(list) != len(keys) {
+		return 0, nil, 0, bad
 	}
 	states := make(map[string]*keyState, len(keys))
 	for i, r := range list {
@@ -291,15 +373,15 @@ func parseSyncReply(pool string, reply []any, keys []pushKey) (int, map[string]*
 		}
 		msg, ok := r.(string)
 		if !ok {
-			return 0, nil, bad
+			return 0, nil, 0, bad
 		}
 		p, ref, ks, ok := parseKeyState(msg)
 		if !ok || p != pool || ref != keys[i].ref {
-			return 0, nil, bad
+			return 0, nil, 0, bad
 		}
 		states[ref] = &ks
 	}
-	return int(pushed), states, nil
+	return int(pushed), states, seq, nil
 }
 
 func isTimeout(err error) bool {

@@ -31,6 +31,12 @@ type view struct {
 	mu      sync.Mutex // protects the fields below
 	pools   map[string]map[string]*localKey
 	windows map[windowKey][]seen // corroboration while Redis is unreachable
+	// confirmed is, per pool, the highest version Redis confirmed to this
+	// replica since its last resync of the pool (the pool's seq at that
+	// resync, or a later key version): a Redis whose seq is lower lost writes
+	// (a restart without persistence, a failover to a replica that missed
+	// them), and the replica resynchronises to push them back.
+	confirmed map[string]int64
 }
 
 // localKey is what the view holds of one key.
@@ -81,8 +87,9 @@ func (k *localKey) hasPending() bool {
 func newView(triedTTL time.Duration) *view {
 	v := &view{
 		tried:   keypool.NewTriedSet(triedTTL),
-		pools:   make(map[string]map[string]*localKey),
-		windows: make(map[windowKey][]seen),
+		pools:     make(map[string]map[string]*localKey),
+		windows:   make(map[windowKey][]seen),
+		confirmed: make(map[string]int64),
 	}
 	v.published.Store(&map[string]*keypool.View{})
 	return v
@@ -142,6 +149,7 @@ func (v *view) publishLocked(pool string, now time.Time) {
 // wins until a resync pushes it, and a pending enable hides the marks it ended.
 // It reports whether the view changed. v.mu must be held; the caller publishes.
 func (v *view) applyLocked(pool, ref string, ks keyState) bool {
+	v.confirmed[pool] = max(v.confirmed[pool], ks.v)
 	k := v.keyLocked(pool, ref)
 	if !k.hasPending() {
 		if ks.v <= k.v {
@@ -316,6 +324,20 @@ type pushScope struct {
 	s     scopeState
 }
 
+// confirmedVersions lists, per pool, the highest version Redis confirmed, for
+// the pools where Redis confirmed any.
+func (v *view) confirmedVersions() map[string]int64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make(map[string]int64, len(v.confirmed))
+	for pool, seq := range v.confirmed {
+		if seq > 0 {
+			out[pool] = seq
+		}
+	}
+	return out
+}
+
 // poolNames lists the pools the view knows.
 func (v *view) poolNames() []string {
 	v.mu.Lock()
@@ -356,11 +378,13 @@ func (v *view) toPush(pool string, now time.Time) []pushKey {
 }
 
 // resynced replaces the pool's keys by what a resync read from Redis (states,
-// by ref; nil when Redis holds nothing for it) after pushing pushed. A key's
-// pending state is cleared when the resync pushed it and nothing changed since.
-func (v *view) resynced(pool string, states map[string]*keyState, pushed []pushKey, now time.Time) {
+// by ref; nil when Redis holds nothing for it) after pushing pushed, seq being
+// the pool's seq in Redis then. A key's pending state is cleared when the
+// resync pushed it and nothing changed since.
+func (v *view) resynced(pool string, states map[string]*keyState, pushed []pushKey, seq int64, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	defer func() { v.confirmed[pool] = seq }() // what Redis holds now, lost writes pushed back
 	for _, p := range pushed {
 		k := v.pools[pool][p.ref]
 		if k == nil || k.pgen != p.pgen || !k.hasPending() {
