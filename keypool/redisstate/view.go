@@ -86,7 +86,7 @@ func (k *localKey) hasPending() bool {
 
 func newView(triedTTL time.Duration) *view {
 	v := &view{
-		tried:   keypool.NewTriedSet(triedTTL),
+		tried:     keypool.NewTriedSet(triedTTL),
 		pools:     make(map[string]map[string]*localKey),
 		windows:   make(map[windowKey][]seen),
 		confirmed: make(map[string]int64),
