@@ -171,6 +171,16 @@ func (c *Cluster) KillMaster(master *Server) *Server {
 	return promoted
 }
 
+// ReplicaOf is a running replica of master, nil when it has none.
+func (c *Cluster) ReplicaOf(master *Server) *Server {
+	for _, n := range c.nodes {
+		if role, _ := nodeRole(n); role == "slave" && replicatesFrom(n, master) {
+			return n
+		}
+	}
+	return nil
+}
+
 // AssertNoSecrets runs Server.AssertNoSecrets on every running master (the
 // replicas hold copies of the same keys) and returns how many keys it
 // inspected.

@@ -189,6 +189,26 @@ func (s *Server) Restart() {
 	}
 }
 
+// LoseData empties a replica while it keeps replicating: it misses every write
+// its master took so far, as a replica does that lagged behind when a failover
+// promotes it (replication is asynchronous). It allows writes on the replica
+// (replica-read-only no) and runs FLUSHALL there.
+func (s *Server) LoseData() {
+	s.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c := s.Client()
+	if err := c.ConfigSet(ctx, "replica-read-only", "no").Err(); err != nil {
+		s.tb.Fatalf("testredis: CONFIG SET replica-read-only no: %v", err)
+	}
+	if err := c.FlushAll(ctx).Err(); err != nil {
+		s.tb.Fatalf("testredis: FLUSHALL on the replica: %v", err)
+	}
+	if n, err := c.DBSize(ctx).Result(); err != nil || n != 0 {
+		s.tb.Fatalf("testredis: the replica still holds %d keys (%v)", n, err)
+	}
+}
+
 // Running reports whether the server process is up.
 func (s *Server) Running() bool {
 	s.mu.Lock()

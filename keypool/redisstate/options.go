@@ -202,6 +202,9 @@ func (o Options) newClient() (redis.UniversalClient, error) {
 		ro.ReadTimeout = orDefault(ro.ReadTimeout, o.DialTimeout)
 		ro.WriteTimeout = orDefault(ro.WriteTimeout, o.DialTimeout)
 		ro.ContextTimeoutEnabled = true
+		if ro.DialerRetries == 0 {
+			ro.DialerRetries = dialerRetries
+		}
 		return redis.NewClient(ro), nil
 	}
 	return redis.NewUniversalClient(&redis.UniversalOptions{
@@ -217,9 +220,16 @@ func (o Options) newClient() (redis.UniversalClient, error) {
 		DialTimeout:           o.DialTimeout,
 		ReadTimeout:           o.DialTimeout,
 		WriteTimeout:          o.DialTimeout,
+		DialerRetries:         dialerRetries,
 		ContextTimeoutEnabled: true,
 	}), nil
 }
+
+// dialerRetries is how many times go-redis dials for one call (its default is
+// 5, 100ms apart): once, since every caller retries on its own terms (the
+// subscriber, the next request) and a dial retried within one call only spends
+// the call's bound, the whole of it against a node that refuses connections.
+const dialerRetries = 1
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d == 0 {

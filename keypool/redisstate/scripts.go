@@ -310,6 +310,11 @@ type scriptSet struct {
 	mark, corroborate, tried, acquire, endProbe, override, sync *redis.Script
 }
 
+// sources are the scripts' texts, for SCRIPT LOAD.
+func (scriptSet) sources() []string {
+	return []string{markLua, corroborateLua, triedLua, acquireLua, endProbeLua, overrideLua, syncLua}
+}
+
 func newScriptSet() scriptSet {
 	return scriptSet{
 		mark:        redis.NewScript(markLua),
@@ -322,6 +327,3 @@ func newScriptSet() scriptSet {
 	}
 }
 
-func (s scriptSet) all() []*redis.Script {
-	return []*redis.Script{s.mark, s.corroborate, s.tried, s.acquire, s.endProbe, s.override, s.sync}
-}

@@ -249,15 +249,10 @@ func (s *State) resync(ctx context.Context) {
 	s.health.recovered(ctx, pools, pushed)
 }
 
-// synchronise loads the scripts and synchronises each pool this replica serves
-// (Options.Pools) or knows of. It returns how many pools and pushed marks it
+// synchronise synchronises each pool this replica serves (Options.Pools) or
+// knows of. It returns how many pools and pushed marks it
 // handled. It never scans the keyspace: the pools are known.
 func (s *State) synchronise(ctx context.Context) (pools, pushed int, err error) {
-	for _, sc := range s.scripts.all() {
-		if err := s.step(ctx, func(ctx context.Context) error { return sc.Load(ctx, s.client).Err() }); err != nil {
-			return 0, 0, fmt.Errorf("load script: %w", err)
-		}
-	}
 	names := make(map[string]struct{}, len(s.pools))
 	for _, name := range s.pools {
 		names[name] = struct{}{}
@@ -276,13 +271,26 @@ func (s *State) synchronise(ctx context.Context) (pools, pushed int, err error) 
 }
 
 // syncPool pushes the pool's state Redis lacks and reloads the pool's view, in
-// two round trips: the index of the pool's keys with state, then the sync
-// script on those keys and the view's.
+// two round trips: the scripts loaded on the pool's node (so that the request
+// path's EVALSHA finds them, even in a Redis that came back empty) with the
+// index of the pool's keys with state, then the sync script on those keys and
+// the view's.
 func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
 	var indexed []string
 	err := s.step(ctx, func(ctx context.Context) error {
-		var err error
-		indexed, err = s.client.ZRange(ctx, s.keys.index(pool), 0, -1).Result()
+		node, err := s.nodeOf(ctx, pool)
+		if err != nil {
+			return err
+		}
+		var zr *redis.StringSliceCmd
+		_, err = node.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, src := range s.scripts.sources() {
+				p.ScriptLoad(ctx, src)
+			}
+			zr = p.ZRange(ctx, s.keys.index(pool), 0, -1)
+			return nil
+		})
+		indexed = zr.Val()
 		return err
 	})
 	if err != nil {
@@ -328,6 +336,17 @@ func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
 	}
 	s.view.resynced(pool, states, pushed, seq, s.now())
 	return n, nil
+}
+
+// nodeOf is the client of the node holding the pool's keys: the master of its
+// hash slot on a Cluster (as the client's slot map has it), the client itself
+// otherwise. A SCRIPT LOAD sent through a ClusterClient goes to every node, and
+// fails when any is down, though the pool's node answers.
+func (s *State) nodeOf(ctx context.Context, pool string) (redis.Cmdable, error) {
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		return cc.MasterForKey(ctx, s.keys.meta(pool))
+	}
+	return s.client, nil
 }
 
 // step runs one Redis call of the background work (a resync, a check, a batch
