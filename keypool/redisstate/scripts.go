@@ -326,4 +326,3 @@ func newScriptSet() scriptSet {
 		sync:        redis.NewScript(syncLua),
 	}
 }
-
