@@ -55,7 +55,7 @@ func topologies() []topology {
 
 // startRedis starts a server whose content is checked for key values when the
 // test ends.
-func startRedis(t *testing.T, opts ...testredis.Option) *testredis.Server {
+func startRedis(t testing.TB, opts ...testredis.Option) *testredis.Server {
 	t.Helper()
 	srv := testredis.Start(t, opts...)
 	t.Cleanup(func() { srv.AssertNoSecrets(t, testValues...) })
@@ -72,7 +72,7 @@ type replica struct {
 
 // newReplica starts a State from opts, filling in a logger, a registry and a
 // command counter, and closes it when the test ends.
-func newReplica(t *testing.T, opts Options) *replica {
+func newReplica(t testing.TB, opts Options) *replica {
 	t.Helper()
 	// The counter measures what requests cost, not the State's upkeep.
 	r := &replica{counter: &testredis.Counter{Ignore: IsBackground}, logs: &logSink{}, reg: prometheus.NewRegistry()}
@@ -113,7 +113,7 @@ func newReplica(t *testing.T, opts Options) *replica {
 }
 
 // newHealthyReplica is newReplica that also waits for the first synchronisation.
-func newHealthyReplica(t *testing.T, opts Options) *replica {
+func newHealthyReplica(t testing.TB, opts Options) *replica {
 	t.Helper()
 	r := newReplica(t, opts)
 	waitFor(t, "replica synchronised with redis", func() bool { return r.Healthy() })

@@ -206,13 +206,14 @@ func (s *State) Override(ctx context.Context, pool, ref string, c keypool.Cooldo
 		var ks keyState
 		if _, ks, err = s.parseCodeReply(pool, ref, reply); err == nil {
 			s.view.mu.Lock()
+			s.view.noteLocked(pool, ref)
 			if k := s.view.pools[pool][ref]; k != nil && k.hasPending() {
 				// The operator's word replaces what this replica could not push.
 				k.ov, k.v = nil, 0
 				clear(k.scopes)
 			}
 			s.view.applyLocked(pool, ref, ks)
-			s.view.publishLocked(pool, now)
+			s.view.flushLocked(pool, now)
 			s.view.mu.Unlock()
 			return nil
 		}

@@ -40,11 +40,12 @@ type State struct {
 	resyncWanted atomic.Bool
 	closed       atomic.Bool
 
-	cancel     context.CancelFunc
-	done       chan struct{} // closed when the subscriber has returned
-	forgetDone chan struct{} // closed when forgetLoop has returned
-	firstSync  chan struct{} // closed after the subscriber's first attempt
-	closeOnce  sync.Once
+	cancel      context.CancelFunc
+	done        chan struct{} // closed when the subscriber has returned
+	forgetDone  chan struct{} // closed when forgetLoop has returned
+	publishDone chan struct{} // closed when the view's publisher has returned
+	firstSync   chan struct{} // closed after the subscriber's first attempt
+	closeOnce   sync.Once
 
 	psMu sync.Mutex // protects ps
 	ps   *redis.PubSub
@@ -98,6 +99,7 @@ func New(ctx context.Context, opts Options) (*State, error) {
 		metrics:           m,
 		done:              make(chan struct{}),
 		forgetDone:        make(chan struct{}),
+		publishDone:       make(chan struct{}),
 		firstSync:         make(chan struct{}),
 	}
 	if o.testHooks != nil {
@@ -114,6 +116,10 @@ func New(ctx context.Context, opts Options) (*State, error) {
 	s.cancel = cancel
 	go s.run(runCtx)
 	go s.forgetLoop(runCtx)
+	go func() {
+		defer close(s.publishDone)
+		s.view.publishLoop(runCtx, s.now)
+	}()
 	select {
 	case <-s.firstSync:
 	case <-ctx.Done():
@@ -135,6 +141,7 @@ func (s *State) Close() error {
 		s.psMu.Unlock()
 		<-s.done
 		<-s.forgetDone
+		<-s.publishDone
 		if s.ownsClient {
 			err = s.client.Close()
 		}

@@ -37,6 +37,22 @@ type view struct {
 	// (a restart without persistence, a failover to a replica that missed
 	// them), and the replica resynchronises to push them back.
 	confirmed map[string]int64
+	// retires is, per pool, when the first scope of its published View that
+	// is not pending retires (zero: none): until then a change of some keys
+	// updates a copy of the View, after it the View is rebuilt without the
+	// retired scopes.
+	retires map[string]time.Time
+	// unpublished holds, per pool, the keys changed since the pool's View was
+	// published, each with the scopes it had in that View.
+	unpublished map[string]map[string][]string
+	// publishing holds, per pool, the changes the publisher is copying.
+	publishing map[string]map[string][]string
+	// generation counts the Views published per pool: the publisher, which
+	// builds a View outside the lock, stores it only if none came meanwhile.
+	generation map[string]uint64
+
+	// wake tells the publisher that notifications changed the view.
+	wake chan struct{}
 }
 
 // localKey is what the view holds of one key.
@@ -86,10 +102,15 @@ func (k *localKey) hasPending() bool {
 
 func newView(triedTTL time.Duration) *view {
 	v := &view{
-		tried:     keypool.NewTriedSet(triedTTL),
-		pools:     make(map[string]map[string]*localKey),
-		windows:   make(map[windowKey][]seen),
-		confirmed: make(map[string]int64),
+		tried:       keypool.NewTriedSet(triedTTL),
+		pools:       make(map[string]map[string]*localKey),
+		windows:     make(map[windowKey][]seen),
+		confirmed:   make(map[string]int64),
+		retires:     make(map[string]time.Time),
+		unpublished: make(map[string]map[string][]string),
+		publishing:  make(map[string]map[string][]string),
+		generation:  make(map[string]uint64),
+		wake:        make(chan struct{}, 1),
 	}
 	v.published.Store(&map[string]*keypool.View{})
 	return v
@@ -122,26 +143,6 @@ func (v *view) entryLocked(pool string, scope keypool.Scope) keypool.Entry {
 		}
 	}
 	return keypool.Entry{}
-}
-
-// publishLocked replaces the pool's published View by the current entries,
-// dropping the scopes that retired. Its cost is linear in the pool's scopes
-// with state, paid by failures, probes and operators, never by a first attempt.
-// v.mu must be held.
-func (v *view) publishLocked(pool string, now time.Time) {
-	entries := make(map[keypool.Scope]keypool.Entry)
-	for ref, k := range v.pools[pool] {
-		for model, s := range k.scopes {
-			if !now.Before(s.e.Retires()) && !s.pending {
-				delete(k.scopes, model)
-				continue
-			}
-			entries[keypool.Scope{Ref: ref, Model: model}] = s.e
-		}
-	}
-	next := maps.Clone(*v.published.Load())
-	next[pool] = &keypool.View{Entries: entries}
-	v.published.Store(&next)
 }
 
 // applyLocked records a key's state read from Redis, unless the view holds a
@@ -183,12 +184,38 @@ func (v *view) applyLocked(pool, ref string, ks keyState) bool {
 	return true
 }
 
-// apply is applyLocked followed by a publication when the view changed.
+// apply is applyLocked followed, when the view changed, by the publication
+// of the pool's View before it returns: what a call's reply says is in force
+// when the call returns.
 func (v *view) apply(pool, ref string, ks keyState, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.applyLocked(pool, ref, ks) {
-		v.publishLocked(pool, now)
+	fresh := v.noteLocked(pool, ref)
+	if !v.applyLocked(pool, ref, ks) && fresh && !v.inFlightLocked(pool, ref) {
+		v.unnoteLocked(pool, ref) // the View shows it already
+		return
+	}
+	// What the notification of this change (or an earlier one) left to the
+	// publisher is published now too.
+	v.flushLocked(pool, now)
+}
+
+// applyNotified is applyLocked for a change notification: the publication is
+// left to the publisher (publishLoop), which takes the changes of a burst in
+// one copy of the View.
+func (v *view) applyNotified(pool, ref string, ks keyState) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	noted := v.noteLocked(pool, ref)
+	if !v.applyLocked(pool, ref, ks) {
+		if noted {
+			v.unnoteLocked(pool, ref)
+		}
+		return
+	}
+	select {
+	case v.wake <- struct{}{}:
+	default: // the publisher is awake already
 	}
 }
 
@@ -197,11 +224,10 @@ func (v *view) apply(pool, ref string, ks keyState, now time.Time) {
 func (v *view) markLocal(pool string, m keypool.Mark, now time.Time) keypool.MarkResult {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.noteLocked(pool, m.Scope.Ref)
 	res := keypool.MarkResult{Changed: v.markLocked(pool, m, now)}
 	res.Entry = v.entryLocked(pool, m.Scope)
-	if res.Changed {
-		v.publishLocked(pool, now)
-	}
+	v.flushLocked(pool, now)
 	return res
 }
 
@@ -235,10 +261,9 @@ func (v *view) corroborateLocal(pool string, c keypool.Corroboration, member str
 	res := keypool.MarkResult{Agreeing: len(kept)}
 	if len(kept) >= c.Quorum {
 		delete(v.windows, wk)
+		v.noteLocked(pool, c.Scope.Ref)
 		res.Changed = v.markLocked(pool, keypool.Mark{Scope: c.Scope, Cooldown: c.Cooldown, Span: c.Span}, now)
-		if res.Changed {
-			v.publishLocked(pool, now)
-		}
+		v.flushLocked(pool, now)
 	} else {
 		v.windows[wk] = kept
 	}
@@ -251,6 +276,7 @@ func (v *view) corroborateLocal(pool string, c keypool.Corroboration, member str
 func (v *view) overrideLocal(pool, ref string, c keypool.Cooldown, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.noteLocked(pool, ref)
 	k := v.keyLocked(pool, ref)
 	if c.Until.After(now) {
 		k.scopes[""] = &localScope{
@@ -263,7 +289,7 @@ func (v *view) overrideLocal(pool, ref string, c keypool.Cooldown, now time.Time
 	}
 	k.ov = &pendingOverride{at: now.UnixMilli(), c: c}
 	k.pgen++
-	v.publishLocked(pool, now)
+	v.flushLocked(pool, now)
 }
 
 // acquireLocal grants a probe lease by this replica alone, while Redis is
@@ -282,8 +308,9 @@ func (v *view) acquireLocal(pool string, scope keypool.Scope, lease keypool.Leas
 	case s.e.ProbeHeldAt(now):
 		return keypool.ProbeBusy, s.e
 	}
+	v.noteLocked(pool, scope.Ref)
 	s.e.ProbeUntil, s.holder = now.Add(lease.TTL), lease.Holder
-	v.publishLocked(pool, now)
+	v.flushLocked(pool, now)
 	return keypool.ProbeGranted, s.e
 }
 
@@ -298,12 +325,13 @@ func (v *view) endProbeLocal(pool string, scope keypool.Scope, holder string, en
 		return
 	}
 	s := k.scopes[scope.Model]
+	v.noteLocked(pool, scope.Ref)
 	if end == keypool.ProbeSucceeded && s.e.PhaseAt(now) != keypool.PhaseCooling {
 		delete(k.scopes, scope.Model)
 	} else {
 		s.e.ProbeUntil, s.holder = time.Time{}, ""
 	}
-	v.publishLocked(pool, now)
+	v.flushLocked(pool, now)
 }
 
 // pushKey is one key a resync reads, with what the view knows of it that Redis
