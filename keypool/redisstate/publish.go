@@ -14,9 +14,9 @@ import (
 // state (not of the pool's keys). A change of a few keys copies the previous
 // View's map (no hashing of the other entries) and replaces their scopes; a
 // View holding a scope that retired is rebuilt without it. Change
-// notifications do not publish one by one: the publisher takes every change
-// that arrived while it copied in its next copy, so that a burst of N
-// notifications costs a replica far fewer than N copies.
+// notifications to a large View do not publish one by one: the publisher
+// takes every change that arrived while it copied in its next copy, so that a
+// burst of N notifications costs a replica far fewer than N copies.
 
 // publishLocked rebuilds the pool's published View from the current entries,
 // dropping the scopes that retired. v.mu must be held.

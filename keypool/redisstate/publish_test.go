@@ -33,8 +33,8 @@ func TestReplyIsPublishedWhenTheCallReturns(t *testing.T) {
 	for i, k := range refs {
 		until := now.Add(time.Hour + time.Duration(i)*time.Millisecond)
 		ks := cooled(int64(i+1), until)
-		v.applyNotified("openai", k.Ref(), ks) // the notification first
-		v.apply("openai", k.Ref(), ks, now)    // then the reply, same version
+		v.applyNotified("openai", k.Ref(), ks, now) // the notification first
+		v.apply("openai", k.Ref(), ks, now)         // then the reply, same version
 		if got := v.get("openai").Entries[keypool.Scope{Ref: k.Ref()}].Until; !got.Equal(until) {
 			t.Fatalf("key %d: the View shows %v when the reply is applied, want %v", i, got, until)
 		}
@@ -59,7 +59,7 @@ func TestViewConvergesUnderInterleavedNotificationsAndReplies(t *testing.T) {
 				for i, k := range keys {
 					ks := cooled(int64(i*rounds+round+1), until(i, round))
 					if (w+round+i)%2 == 0 {
-						v.applyNotified("openai", k.Ref(), ks)
+						v.applyNotified("openai", k.Ref(), ks, now)
 					} else {
 						v.apply("openai", k.Ref(), ks, now)
 					}
@@ -90,7 +90,7 @@ func TestBurstOfNotificationsIsPublishedInFewCopies(t *testing.T) {
 	now := time.Now()
 	keys := testKeys("openai", 500)
 	for i, k := range keys {
-		v.applyNotified("openai", k.Ref(), cooled(int64(i+1), now.Add(time.Hour)))
+		v.applyNotified("openai", k.Ref(), cooled(int64(i+1), now.Add(time.Hour)), now)
 	}
 	waitFor(t, "the View shows the burst", func() bool {
 		pv := v.get("openai")

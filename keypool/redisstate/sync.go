@@ -223,7 +223,7 @@ func (s *State) notified(payload string) {
 		s.resyncWanted.Store(true) // unreadable: read the state instead
 		return
 	}
-	s.view.applyNotified(pool, ref, ks)
+	s.view.applyNotified(pool, ref, ks, s.now())
 }
 
 // resync pushes what Redis lacks and reloads the local view; success makes the

@@ -145,6 +145,10 @@ func (v *view) entryLocked(pool string, scope keypool.Scope) keypool.Entry {
 	return keypool.Entry{}
 }
 
+// inlinePublication is the size of a View (scopes with state) below which a
+// notification publishes the View itself rather than through the publisher.
+const inlinePublication = 128
+
 // applyLocked records a key's state read from Redis, unless the view holds a
 // newer one. What Redis does not have yet (pending) survives: the later deadline
 // wins until a resync pushes it, and a pending enable hides the marks it ended.
@@ -200,10 +204,11 @@ func (v *view) apply(pool, ref string, ks keyState, now time.Time) {
 	v.flushLocked(pool, now)
 }
 
-// applyNotified is applyLocked for a change notification: the publication is
-// left to the publisher (publishLoop), which takes the changes of a burst in
-// one copy of the View.
-func (v *view) applyNotified(pool, ref string, ks keyState) {
+// applyNotified is applyLocked for a change notification. A small View is
+// published at once (its copy costs less than waking the publisher); a large
+// one is left to the publisher (publishLoop), which takes the changes of a
+// burst in one copy.
+func (v *view) applyNotified(pool, ref string, ks keyState, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	noted := v.noteLocked(pool, ref)
@@ -211,6 +216,10 @@ func (v *view) applyNotified(pool, ref string, ks keyState) {
 		if noted {
 			v.unnoteLocked(pool, ref)
 		}
+		return
+	}
+	if pv := v.get(pool); pv == nil || len(pv.Entries) < inlinePublication {
+		v.flushLocked(pool, now)
 		return
 	}
 	select {
