@@ -84,6 +84,30 @@ func TestClusterOperationsAndMasterKill(t *testing.T) {
 		}
 	}
 
+	// A failover costs two round trips on a real Cluster too: the mark, then
+	// the retry's read; a healthy first attempt none.
+	{
+		keys := testKeys("mistral", 3) // a pool without state yet
+		poolA, poolB := newPool(t, "mistral", keys, a, nil), newPool(t, "mistral", keys, b, nil)
+		a.counter.Reset()
+		b.counter.Reset()
+		first := keypool.Attempt{RequestID: "rt", Number: 1}
+		pk, err := poolA.Pick(ctx, first)
+		if err != nil || pk.ID() != "key-1" {
+			t.Fatalf("attempt 1 = %v, %v; want key-1", pk.ID(), err)
+		}
+		if n := a.counter.RoundTrips(); n != 0 {
+			t.Errorf("a healthy first attempt made %d round trips (%v), want 0", n, a.counter.Commands())
+		}
+		poolA.FailKey(ctx, first, pk.Key, keypool.ReasonRateLimited, keypool.Hint{})
+		if got, err := poolB.Pick(ctx, keypool.Attempt{RequestID: "rt", Number: 2}); err != nil || got.ID() != "key-2" {
+			t.Fatalf("attempt 2 = %v, %v; want key-2", got.ID(), err)
+		}
+		if n := a.counter.RoundTrips() + b.counter.RoundTrips(); n != 2 {
+			t.Errorf("a failover made %d round trips on the Cluster (A %v, B %v), want 2", n, a.counter.Commands(), b.counter.Commands())
+		}
+	}
+
 	// A master killed under load, its replica having missed the pool's state
 	// (asynchronous replication loses the last writes on a failover): no
 	// request fails, and the replicas push the state back to the promoted
