@@ -66,6 +66,17 @@ func TestRedisKeysFlatAfterALoad(t *testing.T) {
 		baseKeys, inflightKeys, requests, dbSize(t, srv), float64(dbSize(t, srv))/float64(baseKeys))
 	t.Logf("used_memory: %d B before, +%d B per failed-over request in flight, %d B after (after/before %.3f)",
 		baseMem, (inflightMem-baseMem)/requests, afterMem, float64(afterMem)/float64(baseMem))
+
+	// What a key with state costs: 200 keys cooling key-wide, then per model.
+	many := testKeys("openai", 200)
+	until := keypool.Cooldown{Until: time.Now().Add(time.Hour), Reason: keypool.ReasonRateLimited}
+	for _, model := range []string{"", "gpt-4o"} {
+		before := usedMemory(t, srv)
+		for _, k := range many {
+			a.Mark(ctx, "openai", keypool.Mark{Scope: keypool.Scope{Ref: k.Ref(), Model: model}, Cooldown: until, Span: time.Hour})
+		}
+		t.Logf("used_memory: +%d B per key cooling (scope %q added)", (usedMemory(t, srv)-before)/int64(len(many)), model)
+	}
 }
 
 func dbSize(t *testing.T, srv *testredis.Server) int64 {
