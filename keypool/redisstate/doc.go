@@ -16,6 +16,14 @@
 // Corroborate, AcquireProbe, EndProbe, Override. A retry's Tried is one
 // SMEMBERS, whatever the pool's size. Forget is queued and sent in batches.
 //
+// A change notification changes one key of the local view; the View the
+// requests read is published as a new immutable map of the pool's scopes with
+// state (a copy of the previous map with that key's scopes replaced). A small
+// View is published by the subscriber at once; a large one by a publisher
+// goroutine that takes every change arriving while it copies in its next
+// copy, so that a burst of notifications costs far fewer copies than changes.
+// A call's reply is in force in the View when the call returns.
+//
 // # Data layout
 //
 // With P the prefix (default "envoy-keypool:") and N the pool name:
@@ -62,4 +70,11 @@
 // and the state Redis lost (a key whose version in Redis is older than the one
 // this replica saw), never shortening. Recovery is logged once and Ready becomes
 // nil again.
+//
+// Redis can lose writes without any connection breaking: a Cluster master
+// fails over to a replica that missed them while the subscription lives on
+// another node, or someone flushes it. Once per health check interval each
+// replica reads its pools' seq (one HGET each, pipelined) and resynchronises
+// when Redis holds less than it confirmed, so the pool converges without
+// waiting for traffic.
 package redisstate
