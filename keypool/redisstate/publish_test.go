@@ -82,8 +82,8 @@ func TestViewConvergesUnderInterleavedNotificationsAndReplies(t *testing.T) {
 	})
 }
 
-// A burst of notifications is published in far fewer copies of the View than
-// notifications, and a scope that retired leaves the View.
+// A burst of notifications to a large View is published in far fewer copies
+// of the View than notifications, and a scope that retired leaves the View.
 func TestBurstOfNotificationsIsPublishedInFewCopies(t *testing.T) {
 	v := newView(time.Minute)
 	startPublisher(t, v)
@@ -100,8 +100,10 @@ func TestBurstOfNotificationsIsPublishedInFewCopies(t *testing.T) {
 	copies := v.generation["openai"]
 	v.mu.Unlock()
 	t.Logf("%d notifications published in %d Views", len(keys), copies)
-	if copies >= uint64(len(keys)) {
-		t.Errorf("%d notifications published in %d Views, want fewer Views than notifications", len(keys), copies)
+	// Up to inlinePublication scopes, each notification publishes its View;
+	// past it, at least two notifications per copy.
+	if limit := uint64(inlinePublication + (len(keys)-inlinePublication)/2); copies >= limit {
+		t.Errorf("%d notifications published in %d Views, want fewer than %d", len(keys), copies, limit)
 	}
 
 	// A scope whose retirement passed goes at the next change.
