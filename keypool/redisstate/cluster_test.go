@@ -114,9 +114,14 @@ func TestClusterOperationsAndMasterKill(t *testing.T) {
 	// master, both healthy again, within two seconds of it being up.
 	keys := testKeys("openai", 6)
 	poolA, poolB := newPool(t, "openai", keys, a, nil), newPool(t, "openai", keys, b, nil)
+	// key-1 is revoked; key-2 is rate limited for a second at a time, so
+	// requests keep marking, reading tried sets and probing.
 	serve := func(k keypool.Key) (keypool.Reason, keypool.Hint, bool) {
-		if k.ID() == "key-1" {
+		switch k.ID() {
+		case "key-1":
 			return keypool.ReasonUnauthorized, keypool.Hint{}, true
+		case "key-2":
+			return keypool.ReasonRateLimited, keypool.Hint{After: time.Second, Known: true}, true
 		}
 		return "", keypool.Hint{}, false
 	}

@@ -179,3 +179,37 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	return m, nil
 }
+
+// holdOff remembers, per pool, until when the request path skips Redis after
+// one of the pool's calls failed: a message that makes several calls (a
+// retry's read of its tried set, then a probe lease) waits on a failing Redis
+// once, not once per call, and so stays within Envoy's ext_proc
+// message_timeout. It is not an outage (nothing is logged, Ready stays nil):
+// the calls skipped answer from the local view, and the next call after the
+// hold-off tries Redis again. On a Cluster it keeps one dead master's pools
+// off Redis while the others' calls go on. Time is the monotonic clock: this
+// is about I/O, not about cooldowns. The zero value is ready.
+type holdOff struct {
+	mu    sync.Mutex // protects until
+	until map[string]time.Time
+}
+
+func (h *holdOff) active(pool string, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	u, ok := h.until[pool]
+	if ok && !now.Before(u) {
+		delete(h.until, pool)
+		return false
+	}
+	return ok
+}
+
+func (h *holdOff) set(pool string, until time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.until == nil {
+		h.until = make(map[string]time.Time)
+	}
+	h.until[pool] = until
+}

@@ -26,7 +26,7 @@ func (s *State) Tried(ctx context.Context, pool, requestID string) []string {
 		return nil
 	}
 	var remote []string
-	err := s.call(ctx, "tried", false, func(ctx context.Context) error {
+	err := s.call(ctx, pool, "tried", false, func(ctx context.Context) error {
 		var err error
 		remote, err = s.client.SMembers(ctx, s.keys.tried(pool, requestID)).Result()
 		return err
@@ -44,7 +44,7 @@ func (s *State) RecordTried(ctx context.Context, pool, ref, requestID string) []
 	}
 	local := s.view.tried.Add(pool, requestID, ref, s.now())
 	var remote []string
-	err := s.call(context.WithoutCancel(ctx), "tried", false, func(ctx context.Context) error {
+	err := s.call(context.WithoutCancel(ctx), pool, "tried", false, func(ctx context.Context) error {
 		var err error
 		remote, err = s.scripts.tried.Run(ctx, s.client, []string{s.keys.tried(pool, requestID)},
 			ref, s.triedTTL.Milliseconds()).StringSlice()
@@ -71,7 +71,7 @@ func (s *State) Mark(ctx context.Context, pool string, m keypool.Mark) keypool.M
 		keys = append(keys, s.keys.tried(pool, m.RequestID))
 	}
 	var reply []any
-	err := s.call(ctx, "mark", false, func(ctx context.Context) error {
+	err := s.call(ctx, pool, "mark", false, func(ctx context.Context) error {
 		var err error
 		reply, err = s.scripts.mark.Run(ctx, s.client, keys,
 			m.Scope.Model, unixMillisCeil(m.Cooldown.Until), m.Span.Milliseconds(), orDash(string(m.Cooldown.Reason)),
@@ -107,7 +107,7 @@ func (s *State) Corroborate(ctx context.Context, pool string, c keypool.Corrobor
 		keys = append(keys, s.keys.tried(pool, c.RequestID))
 	}
 	var reply []any
-	err := s.call(ctx, "corroborate", false, func(ctx context.Context) error {
+	err := s.call(ctx, pool, "corroborate", false, func(ctx context.Context) error {
 		var err error
 		reply, err = s.scripts.corroborate.Run(ctx, s.client, keys,
 			c.Scope.Model, unixMillisCeil(c.Cooldown.Until), c.Span.Milliseconds(), orDash(string(c.Cooldown.Reason)),
@@ -138,7 +138,7 @@ func (s *State) Corroborate(ctx context.Context, pool string, c keypool.Corrobor
 func (s *State) AcquireProbe(ctx context.Context, pool string, scope keypool.Scope, lease keypool.Lease) (keypool.ProbeGrant, keypool.Entry) {
 	now := s.now()
 	var reply []any
-	err := s.call(ctx, "probe", false, func(ctx context.Context) error {
+	err := s.call(ctx, pool, "probe", false, func(ctx context.Context) error {
 		var err error
 		reply, err = s.scripts.acquire.Run(ctx, s.client,
 			[]string{s.keys.meta(pool), s.keys.key(pool, scope.Ref), s.keys.index(pool)},
@@ -165,7 +165,7 @@ func (s *State) EndProbe(ctx context.Context, pool string, scope keypool.Scope, 
 		how = "s"
 	}
 	var reply []any
-	err := s.call(context.WithoutCancel(ctx), "probe", false, func(ctx context.Context) error {
+	err := s.call(context.WithoutCancel(ctx), pool, "probe", false, func(ctx context.Context) error {
 		var err error
 		reply, err = s.scripts.endProbe.Run(ctx, s.client,
 			[]string{s.keys.meta(pool), s.keys.key(pool, scope.Ref), s.keys.index(pool)},
@@ -194,7 +194,7 @@ func (s *State) Override(ctx context.Context, pool, ref string, c keypool.Cooldo
 		until, c = 0, keypool.Cooldown{}
 	}
 	var reply []any
-	err := s.call(ctx, "override", true, func(ctx context.Context) error {
+	err := s.call(ctx, pool, "override", true, func(ctx context.Context) error {
 		var err error
 		reply, err = s.scripts.override.Run(ctx, s.client,
 			[]string{s.keys.meta(pool), s.keys.key(pool, ref), s.keys.index(pool)},

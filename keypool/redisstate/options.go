@@ -205,6 +205,9 @@ func (o Options) newClient() (redis.UniversalClient, error) {
 		if ro.DialerRetries == 0 {
 			ro.DialerRetries = dialerRetries
 		}
+		if ro.MaxRetries == 0 {
+			ro.MaxRetries = maxRetries
+		}
 		return redis.NewClient(ro), nil
 	}
 	return redis.NewUniversalClient(&redis.UniversalOptions{
@@ -221,9 +224,17 @@ func (o Options) newClient() (redis.UniversalClient, error) {
 		ReadTimeout:           o.DialTimeout,
 		WriteTimeout:          o.DialTimeout,
 		DialerRetries:         dialerRetries,
+		MaxRetries:            maxRetries,
 		ContextTimeoutEnabled: true,
 	}), nil
 }
+
+// maxRetries is how many times go-redis retries a call that failed on the
+// connection (its default is 3, with a growing back-off, and a Cluster client
+// retries each node's retries again): once, for a pooled connection a Redis
+// restart closed, so that a call to a dead node fails within its bound rather
+// than at it.
+const maxRetries = 1
 
 // dialerRetries is how many times go-redis dials for one call (its default is
 // 5, 100ms apart): once, since every caller retries on its own terms (the

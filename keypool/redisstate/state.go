@@ -31,6 +31,7 @@ type State struct {
 
 	view    *view
 	health  *health
+	holdOff holdOff
 	metrics *metrics
 
 	// resyncWanted asks the subscriber for a resync: set when Redis may lack
@@ -160,19 +161,26 @@ func (s *State) Healthy() bool { return s.health.up() }
 // errDegraded is returned by call while the request path skips Redis.
 var errDegraded = errors.New("redisstate: degraded, serving from the local view")
 
+// errHeldOff is returned by call while the pool's last call failed moments ago.
+var errHeldOff = errors.New("redisstate: the pool's last call failed just now, serving from the local view")
+
 // errClosed is returned by call after Close.
 var errClosed = errors.New("redisstate: closed")
 
-// call runs f with the State's timeout. While Redis is known unreachable the
-// request path does not wait on it (f is not run) unless always is set; the
-// subscriber finds out when it returns. A failure that is not the caller giving
-// up marks Redis unreachable.
-func (s *State) call(ctx context.Context, op string, always bool, f func(ctx context.Context) error) error {
+// call runs f, a call for pool, with the State's timeout. While Redis is known
+// unreachable the request path does not wait on it (f is not run) unless
+// always is set; the subscriber finds out when it returns. Nor does it for
+// Timeout after one of the pool's calls failed (holdOff). A failure that is
+// not the caller giving up counts towards an outage (health.failed).
+func (s *State) call(ctx context.Context, pool, op string, always bool, f func(ctx context.Context) error) error {
 	if s.closed.Load() {
 		return errClosed
 	}
 	if !always && !s.health.up() {
 		return errDegraded
+	}
+	if !always && s.holdOff.active(pool, time.Now()) {
+		return errHeldOff
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -186,6 +194,7 @@ func (s *State) call(ctx context.Context, op string, always bool, f func(ctx con
 		s.metrics.errors.WithLabelValues(op).Inc()
 		return err
 	}
+	s.holdOff.set(pool, time.Now().Add(s.timeout))
 	s.health.failed(ctx, op, err)
 	s.reloadTopology()
 	return err
