@@ -111,7 +111,6 @@ func TestFailoverOnARedisCluster(t *testing.T) {
 		waitUntilDone(40)
 		// The hash tag alone decides the slot, whatever the stack's prefix.
 		cluster.KillMaster(cluster.MasterOf("{openai}"))
-
 		waitUntilDone(done.Load() + 80)
 		close(stop)
 		if errs := <-result; len(errs) > 0 {
