@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/envoy-keypool/envoy-keypool/keypool"
+	"github.com/envoy-keypool/envoy-keypool/providers"
 )
 
 // Corroborate configures the corroborate action: how many distinct requests must
@@ -31,8 +33,12 @@ type Headroom struct {
 // maxProbeLease bounds probe_lease: a lost probe blocks its key for this long.
 const maxProbeLease = 10 * time.Minute
 
+// DefaultModelHeader is Pool.ModelHeader's default.
+const DefaultModelHeader = "x-keypool-model"
+
 func (p *Pool) applyPolicyDefaults() {
 	setDefault(&p.Strategy, string(keypool.StrategyPriority))
+	setDefault(&p.ModelHeader, DefaultModelHeader)
 	setDefault(&p.Corroborate.Requests, keypool.DefaultQuorum)
 	setDefault(&p.Corroborate.Window, Duration(keypool.DefaultWindow))
 	setDefault(&p.ProbeLease, Duration(keypool.DefaultProbeLease))
@@ -83,6 +89,10 @@ func (p *Pool) validatePolicy(path string) []error {
 		add(".headroom.min_tokens", fmt.Errorf("%d is negative", *p.Headroom.MinTokens))
 	}
 
+	if err := checkModelHeader(p.ModelHeader); err != nil {
+		add(".model_header", err)
+	}
+
 	strategy, err := keypool.ParseStrategy(p.Strategy)
 	if err != nil {
 		add(".strategy", err)
@@ -117,6 +127,29 @@ func (p *Pool) validatePolicy(path string) []error {
 		}
 	}
 	return errs
+}
+
+// checkModelHeader accepts a lower-case HTTP header name that carries no
+// credential and that Envoy lets an ext_proc server remove.
+func checkModelHeader(name string) error {
+	if name == "" {
+		return errors.New("empty")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return fmt.Errorf("%q is not a lower-case header name (letters, digits, '-', '_', '.')", name)
+		}
+	}
+	switch {
+	case slices.Contains(providers.CredentialHeaders(), name):
+		return fmt.Errorf("%q carries credentials", name)
+	case name == "host" || strings.HasPrefix(name, "x-envoy-"):
+		return fmt.Errorf("%q is a header Envoy does not let an ext_proc server remove", name)
+	}
+	return nil
 }
 
 // PoolOptions is what keypool.NewPool needs for this pool, with its state. Call

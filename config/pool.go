@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"github.com/envoy-keypool/envoy-keypool/keypool"
-	"github.com/envoy-keypool/envoy-keypool/providers"
 )
 
 // Pool is one pool of keys for one provider.
@@ -15,8 +14,11 @@ type Pool struct {
 	// Name is how the Envoy filter names the pool (gRPC initial metadata). Required;
 	// letters, digits, '.', '_' and '-'.
 	Name string `yaml:"name"`
-	// Provider is the API the keys belong to: openai or anthropic. Required.
+	// Provider is the API the keys belong to: openai, anthropic, azure-openai, gemini
+	// or openai-compatible. Required.
 	Provider string `yaml:"provider"`
+	// ProviderSettings holds the azure and openai_compatible blocks (config/provider.go).
+	ProviderSettings `yaml:",inline"`
 	// BYOK is the bring-your-own-key policy: deny (strip client credentials and inject
 	// a pool key) or allow (a request with a client credential passes untouched).
 	// Default deny.
@@ -36,6 +38,11 @@ type Pool struct {
 	Corroborate Corroborate `yaml:"corroborate"`
 	// Headroom sets when a successful answer's remaining limits take a key out.
 	Headroom Headroom `yaml:"headroom"`
+	// ModelHeader is the request header extproc reads the request's model from
+	// when the provider's path names none (Envoy AI Gateway sets x-ai-eg-model);
+	// it is removed before the request goes upstream. Lower case. Default
+	// "x-keypool-model".
+	ModelHeader string `yaml:"model_header"`
 	// ProbeLease is how long one probe of a key whose cooldown ended may take
 	// before another request may probe it. Default 30s, at most 10m.
 	ProbeLease Duration `yaml:"probe_lease"`
@@ -101,9 +108,7 @@ func (p *Pool) validate(path string) []error {
 	if !validName.MatchString(p.Name) {
 		add(".name", fmt.Errorf("%q is not a valid name (letters, digits, '.', '_', '-'; at most 63)", p.Name))
 	}
-	if _, err := providers.New(p.Provider); err != nil {
-		add(".provider", err)
-	}
+	errs = append(errs, p.validateProvider(path)...)
 	if p.BYOK != BYOKDeny && p.BYOK != BYOKAllow {
 		add(".byok", fmt.Errorf("%q is not one of deny, allow", p.BYOK))
 	}

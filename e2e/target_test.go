@@ -91,7 +91,7 @@ func composeTarget(t *testing.T) *target {
 		t.Fatalf("the compose stack's mock provider does not answer: %v", err)
 	}
 	for _, u := range tg.adminURLs {
-		for _, p := range []string{"openai", "anthropic", "openai-byok"} {
+		for _, p := range []string{"openai", "anthropic", "openai-byok", "azure", "gemini", "groq"} {
 			for _, k := range tg.keys[p] {
 				req, _ := http.NewRequest(http.MethodPost, u+"/v1/pools/"+p+"/keys/"+k.ID+"/enable", nil)
 				req.Header.Set("Authorization", "Bearer "+tg.adminToken)
@@ -115,6 +115,9 @@ func composeKeys() map[string][]stack.Key {
 		{"openai", "OPENAI_API_KEY_", "sk-compose-openai-", 5},
 		{"anthropic", "ANTHROPIC_API_KEY_", "sk-ant-compose-", 3},
 		{"openai-byok", "OPENAI_BYOK_KEY_", "sk-compose-openai-byok-", 1},
+		{"azure", "AZURE_OPENAI_API_KEY_", "compose-azure-", 2},
+		{"gemini", "GEMINI_API_KEY_", "compose-gemini-", 2},
+		{"groq", "GROQ_API_KEY_", "gsk-compose-groq-", 2},
 	} {
 		for i := 1; i <= p.n; i++ {
 			n := strconv.Itoa(i)

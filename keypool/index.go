@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"math"
 	"math/bits"
 	"slices"
 	"time"
@@ -12,18 +13,17 @@ import (
 // and until validUntil, the first time at which some scope changes phase on its
 // own (a cooldown ends, a probe lease expires, a probing scope retires).
 type index struct {
-	view       *View
-	builtAt    time.Time
-	validUntil time.Time // zero: no scope changes by itself
+	view *View
+	// builtAt and validUntil in unix nanoseconds: two integer comparisons per pick.
+	builtAt    int64
+	validUntil int64 // math.MaxInt64: no scope changes by itself
 	base       *selector
 	// models holds a selector for each model with state of its own; a model
 	// without is served by base.
 	models map[string]*selector
 }
 
-func (ix *index) freshAt(t time.Time) bool {
-	return !t.Before(ix.builtAt) && (ix.validUntil.IsZero() || t.Before(ix.validUntil))
-}
+func (ix *index) freshAt(t int64) bool { return t >= ix.builtAt && t < ix.validUntil }
 
 // selector is how keys are chosen for one scope view (key-wide, or one model).
 type selector struct {
@@ -35,6 +35,9 @@ type selector struct {
 	// exhaustion summarises the keys that are not candidates, for the answer when
 	// none is left.
 	exhaustion exhaustionSummary
+	// depletedTier is the first layout tier holding a key that headroom steering
+	// took out (reason depleted); math.MaxInt32 when none is.
+	depletedTier int32
 }
 
 // The flags of a key in a selector.
@@ -70,6 +73,7 @@ type keyState struct {
 	probe     uint8     // probe flags
 	returns   time.Time // when a key that is no candidate may serve again
 	reason    Reason
+	probed    bool // another request probes it: it returns when the probe says so
 }
 
 // classify is the standing an entry gives its scope at t, and the earliest time
@@ -83,7 +87,7 @@ func classify(e Entry, ok bool, probeFlag uint8, t time.Time) (keyState, time.Ti
 		return keyState{returns: e.Until, reason: e.Reason}, e.Until
 	case PhaseProbing:
 		if e.ProbeHeldAt(t) {
-			return keyState{returns: e.ProbeUntil, reason: e.Reason}, e.ProbeUntil
+			return keyState{returns: e.ProbeUntil, reason: e.Reason, probed: true}, e.ProbeUntil
 		}
 		return keyState{candidate: true, probe: probeFlag}, e.Retires()
 	}
@@ -116,7 +120,8 @@ func earliest(a, b time.Time) time.Time {
 // the key-wide selector and for each model with state: paid when the view changes
 // or a scope changes phase, never by a pick that finds the index current.
 func (p *Pool) buildIndex(view *View, t time.Time) *index {
-	ix := &index{view: view, builtAt: t}
+	ix := &index{view: view, builtAt: t.UnixNano()}
+	var validUntil time.Time
 	var entries map[Scope]Entry
 	if view != nil {
 		entries = view.Entries
@@ -128,7 +133,7 @@ func (p *Pool) buildIndex(view *View, t time.Time) *index {
 		e, ok := entries[Scope{Ref: k.ref}]
 		var next time.Time
 		base[i], next = classify(e, ok, flagProbeKey, t)
-		ix.validUntil = earliest(ix.validUntil, next)
+		validUntil = earliest(validUntil, next)
 	}
 	for s, e := range entries {
 		if s.Model == "" || e.PhaseAt(t) == PhaseAvailable {
@@ -139,13 +144,17 @@ func (p *Pool) buildIndex(view *View, t time.Time) *index {
 			continue // a key this pool no longer has
 		}
 		st, next := classify(e, true, flagProbeModel, t)
-		ix.validUntil = earliest(ix.validUntil, next)
+		validUntil = earliest(validUntil, next)
 		m := byModel[s.Model]
 		if m == nil {
 			m = slices.Clone(base)
 			byModel[s.Model] = m
 		}
 		m[i] = combine(base[i], st)
+	}
+	ix.validUntil = math.MaxInt64
+	if !validUntil.IsZero() {
+		ix.validUntil = validUntil.UnixNano()
 	}
 	ix.base = p.newSelector(base)
 	if len(byModel) > 0 {
@@ -158,19 +167,23 @@ func (p *Pool) buildIndex(view *View, t time.Time) *index {
 }
 
 func (p *Pool) newSelector(states []keyState) *selector {
-	s := &selector{flags: make([]uint8, len(states))}
+	s := &selector{flags: make([]uint8, len(states)), depletedTier: math.MaxInt32}
 	for i, st := range states {
+		if st.reason == ReasonDepleted && !st.candidate {
+			s.depletedTier = min(s.depletedTier, p.layout.tierOf[i])
+		}
 		if st.candidate {
 			s.flags[i] = flagCandidate | st.probe
 			s.exhaustion.candidates++
 			continue
 		}
-		if st.reason == ReasonDisabled {
+		switch {
+		case st.reason == ReasonDisabled && !st.probed:
+			// An operator's: not coming back by itself any time soon.
 			continue
-		}
-		if st.reason.authFailure() {
+		case st.reason.authFailure():
 			s.exhaustion.authFailed = true
-		} else {
+		default:
 			s.exhaustion.soonRetry = true
 		}
 		s.exhaustion.soonest = earliest(s.exhaustion.soonest, st.returns)

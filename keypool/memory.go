@@ -2,7 +2,7 @@ package keypool
 
 import (
 	"context"
-	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,7 +19,7 @@ type MemoryState struct {
 	clock Clock
 	tried *TriedSet
 
-	views atomic.Pointer[map[string]*View] // immutable; replaced by writers
+	views atomic.Pointer[poolViews] // immutable; replaced by writers
 
 	mu       sync.Mutex // serialises writers; protects the fields below
 	windows  map[windowKey]*corroborationWindow
@@ -56,6 +56,36 @@ type corroboration struct {
 
 var _ State = (*MemoryState)(nil)
 
+// poolViews are the pools' views, in a slice that View scans: deployments have a
+// handful of pools, and comparing a few short strings is cheaper than hashing one.
+type poolViews struct {
+	names []string
+	views []*View
+}
+
+func (pv *poolViews) get(pool string) *View {
+	for i, n := range pv.names {
+		if n == pool {
+			return pv.views[i]
+		}
+	}
+	return nil
+}
+
+// with returns a copy of pv with pool's view replaced by v.
+func (pv *poolViews) with(pool string, v *View) *poolViews {
+	out := &poolViews{names: slices.Clone(pv.names), views: slices.Clone(pv.views)}
+	for i, n := range out.names {
+		if n == pool {
+			out.views[i] = v
+			return out
+		}
+	}
+	out.names = append(out.names, pool)
+	out.views = append(out.views, v)
+	return out
+}
+
 // NewMemoryState returns an empty MemoryState. A nil clock is the system clock; a
 // triedTTL of zero is DefaultTriedTTL.
 func NewMemoryState(clock Clock, triedTTL time.Duration) *MemoryState {
@@ -65,12 +95,12 @@ func NewMemoryState(clock Clock, triedTTL time.Duration) *MemoryState {
 		windows: make(map[windowKey]*corroborationWindow),
 		leases:  make(map[leaseKey]string),
 	}
-	m.views.Store(&map[string]*View{})
+	m.views.Store(&poolViews{})
 	return m
 }
 
-// View implements State: one atomic load and one map lookup.
-func (m *MemoryState) View(pool string) *View { return (*m.views.Load())[pool] }
+// View implements State: one atomic load and a scan of the pool names.
+func (m *MemoryState) View(pool string) *View { return m.views.Load().get(pool) }
 
 // Tried implements State.
 func (m *MemoryState) Tried(_ context.Context, pool, requestID string) []string {
@@ -82,49 +112,84 @@ func (m *MemoryState) RecordTried(_ context.Context, pool, ref, requestID string
 	return m.tried.Add(pool, requestID, ref, now(m.clock))
 }
 
+// Requests is the number of requests whose tried sets are held in memory,
+// expired ones not yet dropped included: bounded by the failed-over requests of the
+// last two tried-set TTLs that did not end.
+func (m *MemoryState) Requests() int { return m.tried.Len() }
+
 // Forget implements State.
 func (m *MemoryState) Forget(_ context.Context, pool, requestID string) {
 	m.tried.Forget(pool, requestID)
 }
 
-// update runs f on a copy of pool's entries (retired ones dropped) under the write
-// lock, and publishes the copy when f reports a change.
-func (m *MemoryState) update(pool string, t time.Time, f func(entries map[Scope]Entry) bool) {
+// entries is a pool's entries being changed: reads see the published map until
+// the first write copies it (dropping retired entries), so an operation that
+// changes nothing copies nothing.
+type entries struct {
+	t    time.Time
+	base map[Scope]Entry
+	next map[Scope]Entry // nil until the first write
+}
+
+func (es *entries) get(s Scope) (Entry, bool) {
+	if es.next != nil {
+		e, ok := es.next[s]
+		return e, ok
+	}
+	e, ok := es.base[s]
+	return e, ok
+}
+
+func (es *entries) writable() map[Scope]Entry {
+	if es.next == nil {
+		es.next = make(map[Scope]Entry, len(es.base)+1)
+		for s, e := range es.base {
+			if es.t.Before(e.Retires()) {
+				es.next[s] = e
+			}
+		}
+	}
+	return es.next
+}
+
+func (es *entries) set(s Scope, e Entry) { es.writable()[s] = e }
+
+func (es *entries) remove(s Scope) { delete(es.writable(), s) }
+
+// update runs f on pool's entries under the write lock, and publishes a new View
+// when f wrote.
+func (m *MemoryState) update(pool string, t time.Time, f func(es *entries)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.updateLocked(pool, t, f)
 }
 
-func (m *MemoryState) updateLocked(pool string, t time.Time, f func(entries map[Scope]Entry) bool) {
-	views := *m.views.Load()
-	entries := make(map[Scope]Entry)
-	retired := false
-	if v := views[pool]; v != nil {
-		for s, e := range v.Entries {
-			if !t.Before(e.Retires()) {
-				retired = true
-				delete(m.leases, leaseKey{pool, s})
-				continue
-			}
-			entries[s] = e
-		}
+func (m *MemoryState) updateLocked(pool string, t time.Time, f func(es *entries)) {
+	views := m.views.Load()
+	es := &entries{t: t}
+	if v := views.get(pool); v != nil {
+		es.base = v.Entries
 	}
-	if !f(entries) && !retired {
+	f(es)
+	if es.next == nil {
 		return
 	}
-	next := maps.Clone(views)
-	next[pool] = &View{Entries: entries}
-	m.views.Store(&next)
+	for s := range es.base {
+		if _, kept := es.next[s]; !kept {
+			delete(m.leases, leaseKey{pool, s})
+		}
+	}
+	m.views.Store(views.with(pool, &View{Entries: es.next}))
 }
 
-// markLocked applies mark to entries: the later deadline wins; a lengthening mark
-// ends the scope's probe lease. It reports whether it changed the cooldown.
-func (m *MemoryState) markLocked(pool string, entries map[Scope]Entry, mk Mark, t time.Time) bool {
-	e := entries[mk.Scope]
+// markLocked applies mark: the later deadline wins; a lengthening mark ends the
+// scope's probe lease. It reports whether it changed the cooldown.
+func (m *MemoryState) markLocked(pool string, es *entries, mk Mark, t time.Time) bool {
+	e, _ := es.get(mk.Scope)
 	if !mk.Cooldown.Until.After(e.Until) || !mk.Cooldown.Until.After(t) {
 		return false
 	}
-	entries[mk.Scope] = Entry{Cooldown: mk.Cooldown, Span: mk.Span}
+	es.set(mk.Scope, Entry{Cooldown: mk.Cooldown, Span: mk.Span})
 	delete(m.leases, leaseKey{pool, mk.Scope})
 	return true
 }
@@ -133,10 +198,9 @@ func (m *MemoryState) markLocked(pool string, entries map[Scope]Entry, mk Mark, 
 func (m *MemoryState) Mark(_ context.Context, pool string, mk Mark) MarkResult {
 	t := now(m.clock)
 	var res MarkResult
-	m.update(pool, t, func(entries map[Scope]Entry) bool {
-		res.Changed = m.markLocked(pool, entries, mk, t)
-		res.Entry = entries[mk.Scope]
-		return res.Changed
+	m.update(pool, t, func(es *entries) {
+		res.Changed = m.markLocked(pool, es, mk, t)
+		res.Entry, _ = es.get(mk.Scope)
 	})
 	res.Tried = m.tried.Add(pool, mk.RequestID, mk.Scope.Ref, t)
 	return res
@@ -155,7 +219,9 @@ func (m *MemoryState) Corroborate(_ context.Context, pool string, c Corroboratio
 			m.sweepWindowsLocked(t)
 		}
 		w = &corroborationWindow{}
-		m.windows[wk] = w
+		if len(m.windows) < maxWindows {
+			m.windows[wk] = w
+		} // else: counted for this call only; the failure still fails over
 	}
 	w.window = c.Window
 	var who triedKey
@@ -167,13 +233,12 @@ func (m *MemoryState) Corroborate(_ context.Context, pool string, c Corroboratio
 	}
 	w.add(who, t, c.Window, max(c.Quorum, 1))
 	res.Agreeing = len(w.seen)
-	m.updateLocked(pool, t, func(entries map[Scope]Entry) bool {
+	m.updateLocked(pool, t, func(es *entries) {
 		if res.Agreeing >= c.Quorum {
-			res.Changed = m.markLocked(pool, entries, Mark{Scope: c.Scope, Cooldown: c.Cooldown, Span: c.Span}, t)
+			res.Changed = m.markLocked(pool, es, Mark{Scope: c.Scope, Cooldown: c.Cooldown, Span: c.Span}, t)
 			delete(m.windows, wk) // the next cooldown needs a quorum of its own
 		}
-		res.Entry = entries[c.Scope]
-		return res.Changed
+		res.Entry, _ = es.get(c.Scope)
 	})
 	if len(w.seen) == 0 {
 		delete(m.windows, wk)
@@ -214,24 +279,24 @@ func (m *MemoryState) AcquireProbe(_ context.Context, pool string, scope Scope, 
 	t := now(m.clock)
 	grant := ProbeNotNeeded
 	var out Entry
-	m.update(pool, t, func(entries map[Scope]Entry) bool {
-		e, ok := entries[scope]
+	m.update(pool, t, func(es *entries) {
+		e, ok := es.get(scope)
 		out = e
 		switch {
-		case !ok:
-			return false
+		case !ok || e.PhaseAt(t) == PhaseAvailable:
+			out = Entry{}
+			return
 		case e.PhaseAt(t) == PhaseCooling:
 			grant = ProbeCooling
-			return false
+			return
 		case e.ProbeHeldAt(t):
 			grant = ProbeBusy
-			return false
+			return
 		}
 		e.ProbeUntil = t.Add(lease.TTL)
-		entries[scope] = e
+		es.set(scope, e)
 		m.leases[leaseKey{pool, scope}] = lease.Holder
 		grant, out = ProbeGranted, e
-		return true
 	})
 	return grant, out
 }
@@ -239,23 +304,21 @@ func (m *MemoryState) AcquireProbe(_ context.Context, pool string, scope Scope, 
 // EndProbe implements State.
 func (m *MemoryState) EndProbe(_ context.Context, pool string, scope Scope, holder string, end ProbeEnd) {
 	t := now(m.clock)
-	m.update(pool, t, func(entries map[Scope]Entry) bool {
+	m.update(pool, t, func(es *entries) {
 		lk := leaseKey{pool, scope}
 		if h, ok := m.leases[lk]; !ok || h != holder {
-			return false
+			return
 		}
 		delete(m.leases, lk)
-		e, ok := entries[scope]
+		e, ok := es.get(scope)
 		switch {
 		case !ok:
-			return false
 		case end == ProbeSucceeded && e.PhaseAt(t) != PhaseCooling:
-			delete(entries, scope)
+			es.remove(scope)
 		default:
 			e.ProbeUntil = time.Time{}
-			entries[scope] = e
+			es.set(scope, e)
 		}
-		return true
 	})
 }
 
@@ -263,19 +326,19 @@ func (m *MemoryState) EndProbe(_ context.Context, pool string, scope Scope, hold
 // never pending.
 func (m *MemoryState) Override(_ context.Context, pool, ref string, c Cooldown) error {
 	t := now(m.clock)
-	m.update(pool, t, func(entries map[Scope]Entry) bool {
+	m.update(pool, t, func(es *entries) {
 		if c != (Cooldown{}) {
-			entries[Scope{Ref: ref}] = Entry{Cooldown: c, Span: c.Until.Sub(t)}
+			es.set(Scope{Ref: ref}, Entry{Cooldown: c, Span: c.Until.Sub(t)})
 			delete(m.leases, leaseKey{pool, Scope{Ref: ref}})
-			return true
+			return
 		}
-		for s := range entries {
+		next := es.writable()
+		for s := range next {
 			if s.Ref == ref {
-				delete(entries, s)
+				delete(next, s)
 				delete(m.leases, leaseKey{pool, s})
 			}
 		}
-		return true
 	})
 	return nil
 }

@@ -197,11 +197,18 @@ type Pick struct {
 	// Key is the key to inject; its methods (ID, Hint, Value) are the Pick's.
 	Key
 
-	index  int32
-	model  string // bounded
-	holder string // the probe lease holder; "" when no lease is held
-	probes uint8  // flagProbeKey, flagProbeModel: the scopes whose leases are held
+	index   int32
+	model   string // bounded
+	holder  string // the probe lease holder; "" when no lease is held
+	probes  uint8  // flagProbeKey, flagProbeModel: the scopes whose leases are held
+	steered bool
 }
+
+// Steered reports whether headroom steering changed this pick: a key the
+// strategy would have tried first (in priority order, or in the same or an earlier
+// tier) is out because a successful answer said its limit was spent. It is what the
+// metric "picks steered by headroom" counts.
+func (pk Pick) Steered() bool { return pk.steered }
 
 // Probing reports whether the attempt probes the key: its cooldown (key-wide or for
 // the model) just ended, and this attempt's answer decides whether it returns.
@@ -233,9 +240,18 @@ func (p *Pool) Pick(ctx context.Context, a Attempt) (Pick, error) {
 			}
 		}
 	}
+	// A retry leaves probes to first attempts while another key can serve it: it
+	// has read its tried set already, and a probe would be a second round trip in
+	// the same ext_proc message.
+	var deferInline [4]int32
+	deferred := deferInline[:0]
 	for {
 		sel := p.currentIndex(t).selector(model)
-		k, ok := sel.choose(p, excluded)
+		k, ok := sel.choose(p, append(excluded, deferred...))
+		if !ok && len(deferred) > 0 {
+			deferred = nil // only keys to probe are left: probe one
+			continue
+		}
 		if !ok {
 			err := sel.exhausted(p, t, model)
 			if !a.first() {
@@ -243,11 +259,17 @@ func (p *Pool) Pick(ctx context.Context, a Attempt) (Pick, error) {
 			}
 			return Pick{}, err
 		}
-		pk := Pick{Key: p.keys[k], index: k, model: model}
-		if sel.flags[k]&probeFlags == 0 || p.acquireProbes(ctx, &pk, sel.flags[k]) {
+		pk := Pick{Key: p.keys[k], index: k, model: model, steered: p.layout.tierOf[k] >= sel.depletedTier}
+		switch {
+		case sel.flags[k]&probeFlags == 0:
 			return pk, nil
+		case !a.first() && deferred != nil:
+			deferred = exclude(deferred, k)
+		case p.acquireProbes(ctx, &pk, sel.flags[k]):
+			return pk, nil
+		default:
+			excluded = exclude(excluded, k) // another request probes it
 		}
-		excluded = exclude(excluded, k) // another request probes it
 	}
 }
 
@@ -264,13 +286,14 @@ func (ix *index) selector(model string) *selector {
 // currentIndex returns the pick index for the State's current view at t,
 // rebuilding it when the view changed or a scope changed phase.
 func (p *Pool) currentIndex(t time.Time) *index {
-	if ix := p.idx.Load(); ix != nil && ix.view == p.state.View(p.name) && ix.freshAt(t) {
+	tn := t.UnixNano()
+	if ix := p.idx.Load(); ix != nil && ix.view == p.state.View(p.name) && ix.freshAt(tn) {
 		return ix
 	}
 	p.rebuildMu.Lock()
 	defer p.rebuildMu.Unlock()
 	v := p.state.View(p.name)
-	if ix := p.idx.Load(); ix != nil && ix.view == v && ix.freshAt(t) {
+	if ix := p.idx.Load(); ix != nil && ix.view == v && ix.freshAt(tn) {
 		return ix
 	}
 	ix := p.buildIndex(v, t)

@@ -1,19 +1,9 @@
 package providers_test
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/anthropics/anthropic-sdk-go/v2"
-	anthropicoption "github.com/anthropics/anthropic-sdk-go/v2/option"
-	"github.com/openai/openai-go/v3"
-	openaioption "github.com/openai/openai-go/v3/option"
 
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 	"github.com/envoy-keypool/envoy-keypool/providers"
@@ -32,59 +22,6 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := providers.New("gemini-pro-max"); err == nil || !strings.Contains(err.Error(), "unknown provider") {
 		t.Errorf("New(unknown) err = %v", err)
-	}
-}
-
-func TestAuthHeader(t *testing.T) {
-	tests := []struct {
-		provider providers.Provider
-		want     providers.Header
-	}{
-		{providers.OpenAI{}, providers.Header{Name: "authorization", Value: "Bearer test-key"}},
-		{providers.Anthropic{}, providers.Header{Name: "x-api-key", Value: "test-key"}},
-	}
-	for _, tt := range tests {
-		if got := tt.provider.AuthHeader("test-key"); got != tt.want {
-			t.Errorf("%s: AuthHeader = %+v, want %+v", tt.provider.Name(), got, tt.want)
-		}
-		if !containsName(providers.CredentialHeaders(), tt.want.Name) {
-			t.Errorf("%s: auth header %q is not in CredentialHeaders, so a client's could leak", tt.provider.Name(), tt.want.Name)
-		}
-	}
-}
-
-func containsName(names []string, n string) bool {
-	for _, x := range names {
-		if x == n {
-			return true
-		}
-	}
-	return false
-}
-
-func TestHasClientCredential(t *testing.T) {
-	tests := []struct {
-		name     string
-		provider providers.Provider
-		headers  headerMap
-		want     bool
-	}{
-		{"openai bearer", providers.OpenAI{}, headerMap{"authorization": "Bearer client-key"}, true},
-		{"openai lower-case scheme", providers.OpenAI{}, headerMap{"authorization": "bearer client-key"}, true},
-		{"openai empty bearer", providers.OpenAI{}, headerMap{"authorization": "Bearer "}, false},
-		{"openai basic auth is not a key", providers.OpenAI{}, headerMap{"authorization": "Basic Zm9vOmJhcg=="}, false},
-		{"openai none", providers.OpenAI{}, headerMap{}, false},
-		{"openai ignores x-api-key", providers.OpenAI{}, headerMap{"x-api-key": "client-key"}, false},
-		{"anthropic x-api-key", providers.Anthropic{}, headerMap{"x-api-key": "client-key"}, true},
-		{"anthropic bearer", providers.Anthropic{}, headerMap{"authorization": "Bearer client-key"}, true},
-		{"anthropic none", providers.Anthropic{}, headerMap{"anthropic-version": "2023-06-01"}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.provider.HasClientCredential(tt.headers); got != tt.want {
-				t.Errorf("HasClientCredential = %v, want %v", got, tt.want)
-			}
-		})
 	}
 }
 
@@ -113,107 +50,9 @@ func TestFailureReason(t *testing.T) {
 	}
 }
 
-// exhaustionCases are the three exhaustion answers, as the pool reports them.
-func exhaustionCases() []struct {
-	name       string
-	err        *keypool.ExhaustedError
-	wantStatus int
-} {
-	return []struct {
-		name       string
-		err        *keypool.ExhaustedError
-		wantStatus int
-	}{
-		{"rate limited", &keypool.ExhaustedError{Pool: "main", Kind: keypool.ExhaustedRateLimited, RetryAfter: 7 * time.Second, Keys: 3}, 429},
-		{"auth failed", &keypool.ExhaustedError{Pool: "main", Kind: keypool.ExhaustedAuthFailed, Keys: 3}, 502},
-		{"unavailable", &keypool.ExhaustedError{Pool: "main", Kind: keypool.ExhaustedUnavailable, Keys: 3}, 503},
-	}
-}
-
-// serve answers every request with resp.
-func serve(t *testing.T, resp providers.Response) *httptest.Server {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		for _, h := range resp.Headers {
-			w.Header().Set(h.Name, h.Value)
-		}
-		w.WriteHeader(resp.Status)
-		_, _ = w.Write(resp.Body)
-	}))
-	t.Cleanup(srv.Close)
-	return srv
-}
-
-func TestOpenAISDKReadsExhaustion(t *testing.T) {
-	wantType := map[int]string{429: "requests", 502: "server_error", 503: "server_error"}
-	wantCode := map[int]string{429: "rate_limit_exceeded", 502: "upstream_keys_rejected", 503: "no_keys_available"}
-	for _, tc := range exhaustionCases() {
-		t.Run(tc.name, func(t *testing.T) {
-			resp := providers.ExhaustedError(providers.OpenAI{}, tc.err, "req-1")
-			srv := serve(t, resp)
-			client := openai.NewClient(openaioption.WithBaseURL(srv.URL), openaioption.WithAPIKey("placeholder"),
-				openaioption.WithMaxRetries(0))
-			_, err := client.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
-				Model:    openai.ChatModelGPT4o,
-				Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
-			})
-			var apiErr *openai.Error
-			if !errors.As(err, &apiErr) {
-				t.Fatalf("err = %v, want *openai.Error", err)
-			}
-			if apiErr.StatusCode != tc.wantStatus || apiErr.Type != wantType[tc.wantStatus] || apiErr.Code != wantCode[tc.wantStatus] {
-				t.Errorf("got status %d type %q code %q", apiErr.StatusCode, apiErr.Type, apiErr.Code)
-			}
-			if apiErr.Message != tc.err.Error() {
-				t.Errorf("message = %q, want %q", apiErr.Message, tc.err.Error())
-			}
-			checkRetryAfter(t, apiErr.Response, tc.wantStatus)
-		})
-	}
-}
-
-func TestAnthropicSDKReadsExhaustion(t *testing.T) {
-	wantType := map[int]string{429: "rate_limit_error", 502: "api_error", 503: "api_error"}
-	for _, tc := range exhaustionCases() {
-		t.Run(tc.name, func(t *testing.T) {
-			resp := providers.ExhaustedError(providers.Anthropic{}, tc.err, "req-1")
-			srv := serve(t, resp)
-			client := anthropic.NewClient(anthropicoption.WithBaseURL(srv.URL), anthropicoption.WithAPIKey("placeholder"),
-				anthropicoption.WithMaxRetries(0))
-			_, err := client.Messages.New(context.Background(), anthropic.MessageNewParams{
-				Model:     anthropic.ModelClaudeSonnet4_5,
-				MaxTokens: 16,
-				Messages:  []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hi"))},
-			})
-			var apiErr *anthropic.Error
-			if !errors.As(err, &apiErr) {
-				t.Fatalf("err = %v, want *anthropic.Error", err)
-			}
-			if apiErr.StatusCode != tc.wantStatus || string(apiErr.Type()) != wantType[tc.wantStatus] {
-				t.Errorf("got status %d type %q", apiErr.StatusCode, apiErr.Type())
-			}
-			if apiErr.Message != tc.err.Error() || apiErr.RequestID != "req-1" {
-				t.Errorf("got message %q request id %q", apiErr.Message, apiErr.RequestID)
-			}
-			checkRetryAfter(t, apiErr.Response, tc.wantStatus)
-		})
-	}
-}
-
-func checkRetryAfter(t *testing.T, resp *http.Response, status int) {
-	t.Helper()
-	got := resp.Header.Get("Retry-After")
-	if status == 429 && got != "7" {
-		t.Errorf("Retry-After = %q, want 7", got)
-	}
-	if status != 429 && got != "" {
-		t.Errorf("status %d carries Retry-After %q", status, got)
-	}
-}
-
 func TestErrorBodiesEscapeMessages(t *testing.T) {
 	msg := `pool "a\"b" </script> ` + "\n\x00"
-	for _, p := range []providers.Provider{providers.OpenAI{}, providers.Anthropic{}} {
+	for _, p := range allProviders(t) {
 		resp := p.ErrorResponse(providers.ErrorInfo{Status: 500, Kind: providers.ErrorMisconfigured, Message: msg})
 		var body struct {
 			Error struct {

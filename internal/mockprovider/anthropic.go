@@ -2,7 +2,9 @@ package mockprovider
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // anthropicAPI imitates POST /v1/messages.
@@ -12,17 +14,19 @@ func (anthropicAPI) provider() Provider { return Anthropic }
 
 // credential prefers x-api-key, Anthropic's documented header, and falls back to
 // Authorization: Bearer, which anthropic-sdk-go/v2's option.WithAPIKey sends.
-func (anthropicAPI) credential(h http.Header) string {
-	if key := strings.TrimSpace(h.Get("X-Api-Key")); key != "" {
+func (anthropicAPI) credential(r *http.Request) string {
+	if key := strings.TrimSpace(r.Header.Get("X-Api-Key")); key != "" {
 		return key
 	}
-	return bearerToken(h)
+	return bearerToken(r.Header)
 }
+
+func (anthropicAPI) fromPath(*http.Request, *chatRequest) {}
 
 func (anthropicAPI) requestIDHeader() string { return "request-id" }
 
-func (anthropicAPI) missingCredential() apiError {
-	return apiError{Type: "authentication_error", Message: "x-api-key header is required"}
+func (anthropicAPI) missingCredential() (int, apiError) {
+	return http.StatusUnauthorized, apiError{Type: "authentication_error", Message: "x-api-key header is required"}
 }
 
 // defaultError follows Anthropic's documented error types by status.
@@ -53,6 +57,27 @@ func (anthropicAPI) defaultError(status int) apiError {
 	return apiError{Type: "invalid_request_error", Message: http.StatusText(status)}
 }
 
+// failure follows Anthropic's documented errors (docs.claude.com/en/api/errors).
+func (a anthropicAPI) failure(name string, _ chatRequest, retryDelay time.Duration) (int, apiError) {
+	switch name {
+	case FailureRateLimited:
+		// Anthropic sends retry-after with every 429.
+		e := a.defaultError(http.StatusTooManyRequests)
+		e.RetryAfter = max(retryDelay, time.Second)
+		return http.StatusTooManyRequests, e
+	case FailureQuota:
+		return http.StatusBadRequest, apiError{Type: "invalid_request_error",
+			Message: "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}
+	case FailureRequestTooLarge:
+		return http.StatusRequestEntityTooLarge, a.defaultError(http.StatusRequestEntityTooLarge)
+	case FailureUnauthorized:
+		return http.StatusUnauthorized, a.defaultError(http.StatusUnauthorized)
+	case FailureForbidden, FailureRegion:
+		return http.StatusForbidden, a.defaultError(http.StatusForbidden)
+	}
+	return 529, a.defaultError(529)
+}
+
 // anthropicErrorBody is {"type":"error","error":{"type","message"},"request_id"}.
 type anthropicErrorBody struct {
 	Type      string               `json:"type"`
@@ -65,12 +90,29 @@ type anthropicErrorObject struct {
 	Message string `json:"message"`
 }
 
-func (anthropicAPI) writeError(w http.ResponseWriter, requestID string, status int, e apiError) {
-	writeJSON(w, status, anthropicErrorBody{
+func (anthropicAPI) errorBody(requestID string, _ int, e apiError) any {
+	return anthropicErrorBody{
 		Type:      "error",
 		Error:     anthropicErrorObject{Type: e.Type, Message: e.Message},
 		RequestID: requestID,
-	})
+	}
+}
+
+// rateLimitHeaders writes Anthropic's anthropic-ratelimit-* headers, resets as RFC
+// 3339 times; the token count goes to tokens, input-tokens and output-tokens alike.
+func (anthropicAPI) rateLimitHeaders(h http.Header, rl RateLimit, now time.Time) {
+	reset := now.Add(rl.Reset).UTC().Format(time.RFC3339)
+	set := func(limit string, left *int64) {
+		if left == nil {
+			return
+		}
+		h.Set("anthropic-ratelimit-"+limit+"-remaining", strconv.FormatInt(*left, 10))
+		h.Set("anthropic-ratelimit-"+limit+"-reset", reset)
+	}
+	set("requests", rl.RemainingRequests)
+	for _, limit := range []string{"tokens", "input-tokens", "output-tokens"} {
+		set(limit, rl.RemainingTokens)
+	}
 }
 
 type anthropicTextBlock struct {

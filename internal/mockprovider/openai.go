@@ -2,6 +2,7 @@ package mockprovider
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -11,12 +12,14 @@ type openAIAPI struct{}
 
 func (openAIAPI) provider() Provider { return OpenAI }
 
-func (openAIAPI) credential(h http.Header) string { return bearerToken(h) }
+func (openAIAPI) credential(r *http.Request) string { return bearerToken(r.Header) }
+
+func (openAIAPI) fromPath(*http.Request, *chatRequest) {}
 
 func (openAIAPI) requestIDHeader() string { return "x-request-id" }
 
-func (openAIAPI) missingCredential() apiError {
-	return apiError{
+func (openAIAPI) missingCredential() (int, apiError) {
+	return http.StatusUnauthorized, apiError{
 		Type:    "invalid_request_error",
 		Message: "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
 	}
@@ -43,6 +46,34 @@ func (openAIAPI) defaultError(status int) apiError {
 	return apiError{Type: "invalid_request_error", Message: http.StatusText(status)}
 }
 
+// failure follows OpenAI's documented bodies (platform.openai.com/docs/guides/error-codes).
+func (a openAIAPI) failure(name string, req chatRequest, retryDelay time.Duration) (int, apiError) {
+	model := modelOr(req.Model, "gpt-mock")
+	switch name {
+	case FailureRateLimited:
+		wait := "1s"
+		if retryDelay > 0 {
+			wait = retryDelay.String()
+		}
+		return http.StatusTooManyRequests, apiError{Type: "requests", Code: "rate_limit_exceeded",
+			Message: "Rate limit reached for " + model + " in organization org-mock on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in " + wait + "."}
+	case FailureQuota:
+		return http.StatusTooManyRequests, apiError{Type: "insufficient_quota", Code: "insufficient_quota",
+			Message: "You exceeded your current quota, please check your plan and billing details."}
+	case FailureRequestTooLarge:
+		return http.StatusTooManyRequests, apiError{Type: "tokens", Code: "rate_limit_exceeded",
+			Message: "Request too large for " + model + " in organization org-mock on tokens per min (TPM): Limit 30000, Requested 45000. The input or output tokens must be reduced in order to run successfully."}
+	case FailureUnauthorized:
+		return http.StatusUnauthorized, a.defaultError(http.StatusUnauthorized)
+	case FailureForbidden:
+		return http.StatusForbidden, apiError{Type: "invalid_request_error", Code: "model_not_found",
+			Message: "Project `proj_mock` does not have access to model `" + model + "`"}
+	case FailureRegion:
+		return http.StatusForbidden, a.defaultError(http.StatusForbidden)
+	}
+	return http.StatusServiceUnavailable, a.defaultError(http.StatusServiceUnavailable)
+}
+
 // openAIErrorBody is {"error":{"message","type","param","code"}}; param and an empty
 // code are null, as OpenAI sends them.
 type openAIErrorBody struct {
@@ -56,12 +87,36 @@ type openAIErrorObject struct {
 	Code    *string `json:"code"`
 }
 
-func (openAIAPI) writeError(w http.ResponseWriter, _ string, status int, e apiError) {
+func (openAIAPI) errorBody(_ string, _ int, e apiError) any {
 	body := openAIErrorBody{Error: openAIErrorObject{Message: e.Message, Type: e.Type}}
 	if e.Code != "" {
 		body.Error.Code = &e.Code
 	}
-	writeJSON(w, status, body)
+	return body
+}
+
+// rateLimitHeaders writes OpenAI's x-ratelimit-* headers, resets as Go durations.
+func (openAIAPI) rateLimitHeaders(h http.Header, rl RateLimit, _ time.Time) {
+	for kind, left := range map[string]*int64{"requests": rl.RemainingRequests, "tokens": rl.RemainingTokens} {
+		if left == nil {
+			continue
+		}
+		h.Set("x-ratelimit-remaining-"+kind, strconv.FormatInt(*left, 10))
+		h.Set("x-ratelimit-reset-"+kind, rl.Reset.String())
+	}
+}
+
+// compatibleAPI imitates the openai-compatible family: OpenAI's protocol under another
+// base path, and a 402 for an empty credit balance (OpenRouter, DeepSeek).
+type compatibleAPI struct{ openAIAPI }
+
+func (compatibleAPI) provider() Provider { return OpenAICompatible }
+
+func (a compatibleAPI) failure(name string, req chatRequest, retryDelay time.Duration) (int, apiError) {
+	if name == FailureQuota {
+		return http.StatusPaymentRequired, apiError{Type: "insufficient_quota", Message: "Insufficient credits. Add more credits to continue."}
+	}
+	return a.openAIAPI.failure(name, req, retryDelay)
 }
 
 type openAIMessage struct {

@@ -12,6 +12,14 @@ type Provider string
 const (
 	OpenAI    Provider = "openai"    // POST /v1/chat/completions
 	Anthropic Provider = "anthropic" // POST /v1/messages
+	// AzureOpenAI: POST /openai/deployments/{deployment}/chat/completions, and the v1
+	// API's POST /openai/v1/chat/completions with an api-key header.
+	AzureOpenAI Provider = "azure-openai"
+	// Gemini: POST /{version}/models/{model}:generateContent and :streamGenerateContent.
+	Gemini Provider = "gemini"
+	// OpenAICompatible: POST …/chat/completions under any other base path
+	// (/openai/v1 for Groq, /api/v1 for OpenRouter, /inference/v1 for Fireworks, …).
+	OpenAICompatible Provider = "openai-compatible"
 )
 
 // credentialHeaders are the headers that carry a provider credential (PROVIDERS.md).
@@ -30,6 +38,8 @@ type Request struct {
 	Provider Provider  `json:"provider"`
 	Method   string    `json:"method"`
 	Path     string    `json:"path"`
+	// Query is the raw query string as it arrived (a stripped ?key= is absent from it).
+	Query string `json:"query,omitempty"`
 	// Key is the credential the mock read (see the package doc) and chose the
 	// behaviour by; "" when the request carried none.
 	Key string `json:"key"`
@@ -43,7 +53,7 @@ type Request struct {
 	ClientRequestID string `json:"client_request_id,omitempty"`
 	// AttemptCount is the x-envoy-attempt-count header the request carried.
 	AttemptCount string `json:"attempt_count,omitempty"`
-	// Model is the model the body named.
+	// Model is the model the body named (the path, for Gemini and Azure deployments).
 	Model string `json:"model,omitempty"`
 	// Stream is whether the body asked for stream: true; an OK answer then streamed.
 	Stream bool `json:"stream"`

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -26,6 +27,26 @@ func New() *Server {
 	}
 	s.mux.HandleFunc("POST /v1/chat/completions", s.providerHandler(openAIAPI{}))
 	s.mux.HandleFunc("POST /v1/messages", s.providerHandler(anthropicAPI{}))
+	s.mux.HandleFunc("POST /openai/deployments/{deployment}/chat/completions", s.providerHandler(azureAPI{}))
+	s.mux.HandleFunc("POST /{version}/models/{action}", s.providerHandler(geminiAPI{}))
+	azure, compatible := s.providerHandler(azureAPI{}), s.providerHandler(compatibleAPI{})
+	// Azure's v1 API and Groq's base path are both /openai/v1: the credential header
+	// tells them apart, as only Azure reads api-key.
+	s.mux.HandleFunc("POST /openai/v1/chat/completions", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Api-Key") != "" {
+			azure(w, r)
+			return
+		}
+		compatible(w, r)
+	})
+	// Every other …/chat/completions is the openai-compatible family's.
+	s.mux.HandleFunc("POST /", func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasSuffix(r.URL.Path, "/chat/completions") {
+			http.NotFound(w, r)
+			return
+		}
+		compatible(w, r)
+	})
 	s.routeControl(s.mux)
 	return s
 }

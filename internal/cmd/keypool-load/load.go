@@ -13,13 +13,14 @@ import (
 	"sync"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/extprocfixture"
 )
 
 // errUnexpectedAnswer is an answer Envoy would not accept at that point of the
@@ -161,7 +162,7 @@ func (w *worker) attempt(ctx context.Context, requestID string, n int) (outcome,
 	if err != nil {
 		return 0, err
 	}
-	resp, err := exchange(s, requestHeaders(w.o, requestID, n))
+	resp, err := exchange(s, extprocfixture.RequestHeaders(w.o.names(), requestID, n))
 	if err != nil {
 		return 0, err
 	}
@@ -176,7 +177,7 @@ func (w *worker) attempt(ctx context.Context, requestID string, n int) (outcome,
 		if w.rng.Float64() < w.o.failRate {
 			code = w.o.failStatus
 		}
-		resp, err = exchange(s, responseHeaders(code))
+		resp, err = exchange(s, extprocfixture.ResponseHeaders(code))
 		if err != nil {
 			return 0, err
 		}
@@ -217,48 +218,6 @@ func sets(m *extprocv3.HeaderMutation, name string) bool {
 		}
 	}
 	return false
-}
-
-// requestHeaders are those of an OpenAI SDK chat completion as Envoy forwards them
-// upstream: pseudo-headers, the SDK's own, Envoy's, and a placeholder credential that
-// the server must replace.
-func requestHeaders(o options, requestID string, attempt int) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-		RequestHeaders: &extprocv3.HttpHeaders{Headers: headerMap(
-			":method", "POST",
-			":path", "/v1/chat/completions",
-			":authority", "api.openai.com",
-			":scheme", "https",
-			"content-type", "application/json",
-			"content-length", "187",
-			"accept", "application/json",
-			"user-agent", "OpenAI/Python 1.99.0",
-			"authorization", "Bearer sk-placeholder-from-the-sdk",
-			"x-stainless-lang", "python",
-			"x-forwarded-proto", "https",
-			"x-envoy-expected-rq-timeout-ms", "600000",
-			o.requestID, requestID,
-			o.attemptCount, strconv.Itoa(attempt),
-		)},
-	}}
-}
-
-func responseHeaders(code int) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: headerMap(
-			":status", strconv.Itoa(code),
-			"content-type", "application/json",
-			"x-request-id", "upstream-id",
-		)},
-	}}
-}
-
-func headerMap(kv ...string) *corev3.HeaderMap {
-	hm := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(kv)/2)}
-	for i := 0; i+1 < len(kv); i += 2 {
-		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-	}
-	return hm
 }
 
 // stats is what one worker counted; loadTarget adds them up.
@@ -330,3 +289,8 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 }
 
 func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// names are the header names of the shared request fixture, as the flags set them.
+func (o options) names() extprocfixture.Names {
+	return extprocfixture.Names{RequestID: o.requestID, AttemptCount: o.attemptCount}
+}

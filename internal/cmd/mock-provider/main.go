@@ -1,5 +1,6 @@
-// Command mock-provider serves the mock OpenAI and Anthropic APIs of package
-// internal/mockprovider, for the docker-compose stack and the demo:
+// Command mock-provider serves the mock provider APIs of package internal/mockprovider
+// (OpenAI, Anthropic, Azure OpenAI, Gemini and the openai-compatible family), for the
+// docker-compose stack and the demo:
 //
 //	mock-provider --listen :8080 [--behaviors behaviors.json]
 //

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/envoy-keypool/envoy-keypool/keypool"
 )
 
 // headerMap is a Headers backed by a map with lower-case names.
@@ -12,6 +14,12 @@ type headerMap map[string]string
 func (h headerMap) Get(name string) string { return h[name] }
 
 var testNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+// hintOf is the hint a 429 with headers h carries.
+func hintOf(p Provider, h Headers) keypool.Hint {
+	f, _ := p.Classify(429, h, nil, testNow)
+	return f.Hint
+}
 
 func TestRetryHint(t *testing.T) {
 	tests := []struct {
@@ -70,7 +78,7 @@ func TestRetryHint(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := tt.provider.RetryHint(tt.headers, testNow)
+			got := hintOf(tt.provider, tt.headers)
 			if got.Known != tt.wantKnown || (got.Known && got.After != tt.wantAfter) {
 				t.Errorf("RetryHint = %+v, want after %s known %v", got, tt.wantAfter, tt.wantKnown)
 			}
@@ -91,7 +99,7 @@ func FuzzRetryHint(f *testing.F) {
 			"anthropic-ratelimit-requests-reset": rfc,
 		}
 		for _, p := range []Provider{OpenAI{}, Anthropic{}} {
-			hint := p.RetryHint(h, testNow)
+			hint := hintOf(p, h)
 			if hint.Known && (hint.After < 0 || hint.After > maxHint) {
 				t.Fatalf("%s: hint %s outside [0, %s]", p.Name(), hint.After, maxHint)
 			}
