@@ -6,11 +6,15 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/envoy-keypool/envoy-keypool/keypool"
+	"github.com/envoy-keypool/envoy-keypool/keypool/redisstate"
 )
 
 // State selects where key state lives.
 type State struct {
-	// RequestTTL is how long the keys a request tried are remembered. Default 10m.
+	// RequestTTL is how long a request's tried keys outlive its last failure when
+	// the request's end does not forget them (it normally does). Default 10s.
 	RequestTTL Duration `yaml:"request_ttl"`
 	// Redis shares state between replicas. Absent: state lives in process memory,
 	// for a single replica.
@@ -63,16 +67,15 @@ func (r *Redis) ResolvedPassword() string { return r.password }
 // ResolvedSentinelPassword is the Sentinel password read from its source.
 func (r *Redis) ResolvedSentinelPassword() string { return r.sentinelPassword }
 
-// maxRedisTimeout keeps a Redis call well inside Envoy's default message_timeout.
-const maxRedisTimeout = 150 * time.Millisecond
-
+// The Redis defaults and the timeout bound are redisstate's: this file only
+// names them for the configuration, so that one constant decides each.
 func (s *State) applyDefaults() {
-	setDefault(&s.RequestTTL, Duration(10*time.Minute))
+	setDefault(&s.RequestTTL, Duration(keypool.DefaultTriedTTL))
 	if s.Redis != nil {
-		setDefault(&s.Redis.Prefix, "envoy-keypool:")
-		setDefault(&s.Redis.Timeout, Duration(50*time.Millisecond))
-		setDefault(&s.Redis.DialTimeout, Duration(time.Second))
-		setDefault(&s.Redis.HealthCheckInterval, Duration(time.Second))
+		setDefault(&s.Redis.Prefix, redisstate.DefaultPrefix)
+		setDefault(&s.Redis.Timeout, Duration(redisstate.DefaultTimeout))
+		setDefault(&s.Redis.DialTimeout, Duration(redisstate.DefaultDialTimeout))
+		setDefault(&s.Redis.HealthCheckInterval, Duration(redisstate.DefaultHealthCheckInterval))
 	}
 }
 
@@ -118,8 +121,8 @@ func (s *State) validate(path string) []error {
 			errs = append(errs, fieldError(path+"."+field, fmt.Errorf("%s is not positive", d.Std())))
 		}
 	}
-	if t := r.Timeout.Std(); t <= 0 || t > maxRedisTimeout {
-		errs = append(errs, fieldError(path+".timeout", fmt.Errorf("%s is outside (0, %s]: Envoy's ext_proc message_timeout is 200ms", t, maxRedisTimeout)))
+	if t := r.Timeout.Std(); t <= 0 || t > redisstate.MaxTimeout {
+		errs = append(errs, fieldError(path+".timeout", fmt.Errorf("%s is outside (0, %s]: Envoy's ext_proc message_timeout is 200ms", t, redisstate.MaxTimeout)))
 	}
 	return errs
 }

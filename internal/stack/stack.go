@@ -37,6 +37,11 @@ type Options struct {
 	// RedisURL is the shared state; empty runs each replica with in-memory state.
 	// Default: empty.
 	RedisURL string
+	// RedisAddrs, instead of RedisURL, are the nodes of the shared state:
+	// state.redis.addrs, with RedisCluster for a Redis Cluster's seed nodes.
+	// Default: none.
+	RedisAddrs   []string
+	RedisCluster bool
 	// Log receives the replicas' and the stand-in's output as it happens (it is also
 	// kept, see Stack.Logs). Default: nil, kept only.
 	Log io.Writer
@@ -230,12 +235,16 @@ func (s *Stack) prepareConfig() (*config.Config, error) {
 		format = "json"
 	}
 	tree["log"] = map[string]any{"level": "info", "format": format}
-	if opts.RedisURL != "" {
+	if opts.RedisURL != "" || len(opts.RedisAddrs) > 0 {
 		// The longest timeout the configuration allows: the tests run the race-detector
 		// build of the binary on a small shared machine, where 50ms is sometimes short.
-		tree["state"] = map[string]any{"redis": map[string]any{
-			"url": opts.RedisURL, "prefix": "e2e-" + randomHex(4) + ":", "timeout": "150ms",
-		}}
+		redis := map[string]any{"prefix": "e2e-" + randomHex(4) + ":", "timeout": "150ms"}
+		if opts.RedisURL != "" {
+			redis["url"] = opts.RedisURL
+		} else {
+			redis["addrs"], redis["cluster"] = opts.RedisAddrs, opts.RedisCluster
+		}
+		tree["state"] = map[string]any{"redis": redis}
 	} else {
 		delete(tree, "state")
 	}

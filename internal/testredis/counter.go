@@ -18,6 +18,10 @@ import (
 // SETINFO, SELECT, READONLY) is a cost of the connection, not of the code path,
 // and is not counted.
 type Counter struct {
+	// Ignore, when set, leaves out the calls whose context it returns true for
+	// (a client's background work, say). Set it before installing the hook.
+	Ignore func(ctx context.Context) bool
+
 	mu         sync.Mutex // protects the fields below
 	roundTrips int
 	commands   []string
@@ -46,8 +50,8 @@ func (c *Counter) Reset() {
 	c.commands = nil
 }
 
-func (c *Counter) record(cmds ...redis.Cmder) {
-	if handshake(cmds) {
+func (c *Counter) record(ctx context.Context, cmds ...redis.Cmder) {
+	if handshake(cmds) || c.Ignore != nil && c.Ignore(ctx) {
 		return
 	}
 	c.mu.Lock()
@@ -68,7 +72,7 @@ func (c *Counter) DialHook(next redis.DialHook) redis.DialHook {
 // ProcessHook implements redis.Hook.
 func (c *Counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.record(cmd)
+		c.record(ctx, cmd)
 		return next(ctx, cmd)
 	}
 }
@@ -76,7 +80,7 @@ func (c *Counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // ProcessPipelineHook implements redis.Hook.
 func (c *Counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.record(cmds...)
+		c.record(ctx, cmds...)
 		return next(ctx, cmds)
 	}
 }

@@ -3,13 +3,16 @@ package testredis
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Proxy is a TCP proxy in front of a server, to cut a client off without
 // stopping Redis: Freeze holds every byte in both directions (a network partition:
 // connections stay open and calls hang until their timeout), Thaw lets them flow
-// again. Clients connect to Proxy.Addr instead of Server.Addr.
+// again; DelayEvery makes one call in n slow. Clients connect to Proxy.Addr
+// instead of Server.Addr.
 type Proxy struct {
 	tb     testing.TB
 	target string
@@ -19,6 +22,11 @@ type Proxy struct {
 	thawed chan struct{}
 	conns  map[net.Conn]struct{}
 	closed bool
+
+	delayEvery atomic.Int64 // 0: no delay
+	delayFor   atomic.Int64 // nanoseconds
+	sent       atomic.Int64 // chunks clients sent
+	delayed    atomic.Int64 // of which delayed
 
 	wg sync.WaitGroup
 }
@@ -69,6 +77,28 @@ func (p *Proxy) Thaw() {
 	}
 }
 
+// DelayEvery holds every nth chunk a client sends (across connections) for d
+// before forwarding it, the rest of that connection's traffic waiting behind it:
+// a Redis that is slow now and then. go-redis writes a command or a pipeline in
+// one chunk, so this is one call in n. n = 0 stops delaying.
+func (p *Proxy) DelayEvery(n int, d time.Duration) {
+	p.delayFor.Store(int64(d))
+	p.delayEvery.Store(int64(n))
+}
+
+// Delayed is how many chunks DelayEvery has held so far.
+func (p *Proxy) Delayed() int { return int(p.delayed.Load()) }
+
+// maybeDelay holds a client's chunk when DelayEvery says so.
+func (p *Proxy) maybeDelay() {
+	every := p.delayEvery.Load()
+	if every <= 0 || p.sent.Add(1)%every != 0 {
+		return
+	}
+	p.delayed.Add(1)
+	time.Sleep(time.Duration(p.delayFor.Load())) // a slow network, not synchronisation
+}
+
 func (p *Proxy) gate() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -91,8 +121,8 @@ func (p *Proxy) accept() {
 			return
 		}
 		p.wg.Add(2)
-		go p.pipe(server, client)
-		go p.pipe(client, server)
+		go p.pipe(server, client, true)
+		go p.pipe(client, server, false)
 	}
 }
 
@@ -111,8 +141,9 @@ func (p *Proxy) track(conns ...net.Conn) bool {
 	return true
 }
 
-// pipe copies src to dst, waiting at the gate before each write.
-func (p *Proxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst, waiting at the gate before each write; toServer
+// says the bytes come from the client.
+func (p *Proxy) pipe(dst, src net.Conn, toServer bool) {
 	defer p.wg.Done()
 	defer dst.Close()
 	defer src.Close()
@@ -120,6 +151,9 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			if toServer {
+				p.maybeDelay()
+			}
 			<-p.gate()
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return

@@ -31,7 +31,13 @@ type Option func(*config)
 type config struct {
 	args     []string
 	password string
-	cluster  bool
+	cluster  bool // a one-node cluster owning every slot (WithCluster)
+
+	// Set by StartCluster and StartSentinel for their processes.
+	clusterNode bool   // cluster-enabled; the slots are assigned by redis-cli
+	replicaOf   string // host:port of the master to replicate
+	sentinel    string // the content of a sentinel configuration: run as a Sentinel
+	port        func() (int, error)
 }
 
 // WithArgs passes extra command-line arguments to redis-server, for example
@@ -80,7 +86,7 @@ func Start(tb testing.TB, opts ...Option) *Server {
 		}
 		tb.Fatalf("redis-server not found in PATH: install redis-server (apt-get install redis-server), or set %s=1 to skip these tests", SkipEnv)
 	}
-	s := &Server{tb: tb, bin: bin, dir: tb.TempDir()}
+	s := &Server{tb: tb, bin: bin, dir: tb.TempDir(), cfg: config{port: freePort}}
 	for _, o := range opts {
 		o(&s.cfg)
 	}
@@ -90,7 +96,7 @@ func Start(tb testing.TB, opts ...Option) *Server {
 	// redis-server binds it: retry with a new port on that race.
 	var lastErr error
 	for range 5 {
-		port, err := freePort()
+		port, err := s.cfg.port()
 		if err != nil {
 			tb.Fatalf("testredis: find a free port: %v", err)
 		}
@@ -136,6 +142,23 @@ func (s *Server) Client() *redis.Client {
 	return s.client
 }
 
+// Kill ends the server at once (SIGKILL, a crash: no shutdown, no handover)
+// and waits for it to exit. Killing a stopped server does nothing.
+func (s *Server) Kill() {
+	s.tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.runningLocked() {
+		return
+	}
+	_ = s.proc.Process.Kill()
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		s.tb.Fatalf("testredis: redis-server pid %d did not exit after SIGKILL", s.proc.Process.Pid)
+	}
+}
+
 // Stop shuts the server down (SIGTERM, then SIGKILL if it lingers) and waits for
 // it to exit. Stopping a stopped server does nothing.
 func (s *Server) Stop() {
@@ -163,6 +186,26 @@ func (s *Server) Restart() {
 		if !errors.Is(err, errAddrInUse) || time.Now().After(deadline) {
 			s.tb.Fatalf("testredis: restart: %v", err)
 		}
+	}
+}
+
+// LoseData empties a replica while it keeps replicating: it misses every write
+// its master took so far, as a replica does that lagged behind when a failover
+// promotes it (replication is asynchronous). It allows writes on the replica
+// (replica-read-only no) and runs FLUSHALL there.
+func (s *Server) LoseData() {
+	s.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c := s.Client()
+	if err := c.ConfigSet(ctx, "replica-read-only", "no").Err(); err != nil {
+		s.tb.Fatalf("testredis: CONFIG SET replica-read-only no: %v", err)
+	}
+	if err := c.FlushAll(ctx).Err(); err != nil {
+		s.tb.Fatalf("testredis: FLUSHALL on the replica: %v", err)
+	}
+	if n, err := c.DBSize(ctx).Result(); err != nil || n != 0 {
+		s.tb.Fatalf("testredis: the replica still holds %d keys (%v)", n, err)
 	}
 }
 
@@ -207,16 +250,28 @@ func (s *Server) start() error {
 		"--dir", s.dir,
 		"--daemonize", "no",
 	}
-	if s.cfg.password != "" {
-		args = append(args, "--requirepass", s.cfg.password)
+	if s.cfg.sentinel != "" {
+		// A Sentinel rewrites its configuration file: a fresh one on every start.
+		conf := filepath.Join(s.dir, "sentinel-"+port+".conf")
+		if err := os.WriteFile(conf, []byte(s.cfg.sentinel), 0o600); err != nil {
+			return fmt.Errorf("write sentinel config: %w", err)
+		}
+		args = []string{conf, "--sentinel", "--port", port, "--bind", "127.0.0.1", "--dir", s.dir, "--daemonize", "no"}
 	}
-	if s.cfg.cluster {
+	if s.cfg.password != "" && s.cfg.sentinel == "" {
+		args = append(args, "--requirepass", s.cfg.password, "--masterauth", s.cfg.password)
+	}
+	if s.cfg.cluster || s.cfg.clusterNode {
 		nodes := "nodes-" + port + ".conf"
 		// A restarted node must come back empty: forget its cluster identity too.
 		if err := os.Remove(filepath.Join(s.dir, nodes)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove cluster config: %w", err)
 		}
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", nodes)
+	}
+	if s.cfg.replicaOf != "" {
+		host, p, _ := net.SplitHostPort(s.cfg.replicaOf)
+		args = append(args, "--replicaof", host, p)
 	}
 	args = append(args, s.cfg.args...)
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -192,5 +193,31 @@ func TestCounterCountsRoundTripsAndCommands(t *testing.T) {
 	n.Reset()
 	if n.RoundTrips() != 0 || len(n.Commands()) != 0 {
 		t.Error("Reset kept counts")
+	}
+}
+
+func TestProxyDelaysOneCallInN(t *testing.T) {
+	srv := testredis.Start(t)
+	proxy := testredis.NewProxy(t, srv.Addr())
+	const delay = 100 * time.Millisecond
+	c := redis.NewClient(&redis.Options{Addr: proxy.Addr()})
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Ping(ctx).Err(); err != nil { // the connection's handshake
+		t.Fatal(err)
+	}
+	proxy.DelayEvery(5, delay)
+	slow := 0
+	for range 10 {
+		start := time.Now()
+		if err := c.Ping(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if time.Since(start) >= delay {
+			slow++
+		}
+	}
+	if proxy.Delayed() != 2 || slow < 2 {
+		t.Errorf("delayed %d calls, %d took %s or more; want 2 of 10", proxy.Delayed(), slow, delay)
 	}
 }

@@ -70,16 +70,14 @@ func TestTwoReplicasManyGoroutines(t *testing.T) {
 	}
 
 	// Both views converge on Redis.
-	lay := layout{DefaultPrefix}
 	for _, k := range keys {
 		waitFor(t, "both replicas agree with Redis on "+k.ID(), func() bool {
 			now := time.Now()
-			raw, err := srv.Client().Get(ctx, lay.cooldown("openai", k.Ref())).Result()
-			st, ok := parseStored(raw)
-			inRedis := err == nil && ok && st.c.ActiveAt(now)
+			stc, ok := storedCooldown(ctx, srv.Client(), DefaultPrefix, "openai", k.Ref())
+			inRedis := ok && stc.ActiveAt(now)
 			for _, r := range []*replica{a, b} {
 				c := r.Cooldown("openai", k.Ref())
-				if inRedis && !sameCooldown(c, st.c) || !inRedis && c.ActiveAt(now) {
+				if inRedis && !sameCooldown(c, stc) || !inRedis && c.ActiveAt(now) {
 					return false
 				}
 			}

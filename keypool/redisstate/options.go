@@ -22,10 +22,12 @@ const (
 	DefaultHealthCheckInterval = time.Second
 )
 
-// MaxTimeout bounds Options.Timeout: Envoy's ext_proc message_timeout is 200ms by
-// default, and a mark or a read must leave the rest of that budget to the
-// request.
-const MaxTimeout = 200 * time.Millisecond
+// MaxTimeout bounds Options.Timeout (inclusive): Envoy's ext_proc message_timeout
+// is 200ms by default, and a mark or a read must leave at least a quarter of that
+// budget to the rest of the message (the gRPC hop, the walk, the answer). It is
+// the one source of this bound: the configuration file's state.redis.timeout is
+// checked against it.
+const MaxTimeout = 150 * time.Millisecond
 
 // Options configures New. Name Redis with URL (one node), or with Addrs (one node,
 // Sentinel with MasterName, Cluster with several seeds or Cluster), or pass a
@@ -59,20 +61,27 @@ type Options struct {
 	// they differ from the master's. Default: none.
 	SentinelUsername, SentinelPassword string
 
+	// Pools names the pools this replica serves. A resynchronisation (at start,
+	// after an outage) reads exactly these and the pools the replica has used
+	// since: it never scans the keyspace. Default: none, only the pools used.
+	Pools []string
+
 	// Prefix starts every key and the channel name, so several deployments can
 	// share one Redis. It must not contain '{' or '}' (hash tags). Default:
 	// "envoy-keypool:".
 	Prefix string
 	// Timeout bounds every Redis call a request makes (a mark, a retry's read),
-	// and each step of a resync. Must be below 200ms, Envoy's ext_proc
-	// message_timeout. Default: 50ms.
+	// and the override of an operator. At most MaxTimeout (150ms), below Envoy's
+	// 200ms ext_proc message_timeout. Default: 50ms.
 	Timeout time.Duration
-	// DialTimeout bounds opening a connection outside of a request (the change
-	// subscriber, resyncs); a request's calls are bounded by Timeout whatever the
-	// dial needs. Ignored with URL's dial_timeout or with Client. Default: 1s.
+	// DialTimeout bounds the background work: opening a connection outside of a
+	// request, and each call of a resynchronisation. A request's calls are
+	// bounded by Timeout whatever the dial needs. URL's dial_timeout, when given,
+	// bounds the dials only. Default: 1s.
 	DialTimeout time.Duration
-	// RequestTTL is how long the keys a request tried are remembered after its last
-	// failure. Default: keypool.DefaultRequestTTL (10m).
+	// RequestTTL is how long a request's tried set outlives its last failure
+	// when the request's end does not forget it (Forget). Default:
+	// keypool.DefaultTriedTTL (10s).
 	RequestTTL time.Duration
 	// HealthCheckInterval is how often an idle change subscription is checked with
 	// a PING, and how often a degraded replica retries a resync; also the longest
@@ -104,6 +113,11 @@ type testHooks struct {
 	dropNotification func(payload string) bool
 	// redisHooks are added to the client before the State uses it.
 	redisHooks []redis.Hook
+	// timeout, when set, replaces Options.Timeout past MaxTimeout: on a loaded
+	// CI machine under the race detector a Redis call now and then takes longer
+	// than 150ms, which tests of what replicas share must not mistake for an
+	// outage. The tests of timeouts and outages set Options.Timeout instead.
+	timeout time.Duration
 }
 
 // withDefaults returns a copy of o with every zero field set to its default, or
@@ -121,8 +135,8 @@ func (o Options) withDefaults() (Options, error) {
 		o.Timeout = DefaultTimeout
 	case o.Timeout < 0:
 		errs = append(errs, fmt.Errorf("timeout %s: must be positive", o.Timeout))
-	case o.Timeout >= MaxTimeout:
-		errs = append(errs, fmt.Errorf("timeout %s: must be below %s, Envoy's ext_proc message_timeout", o.Timeout, MaxTimeout))
+	case o.Timeout > MaxTimeout:
+		errs = append(errs, fmt.Errorf("timeout %s: must be at most %s, well under Envoy's 200ms ext_proc message_timeout", o.Timeout, MaxTimeout))
 	}
 	if o.DialTimeout == 0 {
 		o.DialTimeout = DefaultDialTimeout
@@ -130,7 +144,7 @@ func (o Options) withDefaults() (Options, error) {
 		errs = append(errs, fmt.Errorf("dial timeout %s: must be positive", o.DialTimeout))
 	}
 	if o.RequestTTL == 0 {
-		o.RequestTTL = keypool.DefaultRequestTTL
+		o.RequestTTL = keypool.DefaultTriedTTL
 	} else if o.RequestTTL < 0 {
 		errs = append(errs, fmt.Errorf("request TTL %s: must be positive", o.RequestTTL))
 	}
@@ -183,9 +197,17 @@ func (o Options) newClient() (redis.UniversalClient, error) {
 		if ro.DialTimeout == 0 {
 			ro.DialTimeout = o.DialTimeout
 		}
-		ro.ReadTimeout = orDefault(ro.ReadTimeout, o.Timeout)
-		ro.WriteTimeout = orDefault(ro.WriteTimeout, o.Timeout)
+		// The request path bounds its calls with a context deadline; the client's
+		// own timeouts bound the background work.
+		ro.ReadTimeout = orDefault(ro.ReadTimeout, o.DialTimeout)
+		ro.WriteTimeout = orDefault(ro.WriteTimeout, o.DialTimeout)
 		ro.ContextTimeoutEnabled = true
+		if ro.DialerRetries == 0 {
+			ro.DialerRetries = dialerRetries
+		}
+		if ro.MaxRetries == 0 {
+			ro.MaxRetries = maxRetries
+		}
 		return redis.NewClient(ro), nil
 	}
 	return redis.NewUniversalClient(&redis.UniversalOptions{
@@ -199,11 +221,26 @@ func (o Options) newClient() (redis.UniversalClient, error) {
 		SentinelUsername:      o.SentinelUsername,
 		SentinelPassword:      o.SentinelPassword,
 		DialTimeout:           o.DialTimeout,
-		ReadTimeout:           o.Timeout,
-		WriteTimeout:          o.Timeout,
+		ReadTimeout:           o.DialTimeout,
+		WriteTimeout:          o.DialTimeout,
+		DialerRetries:         dialerRetries,
+		MaxRetries:            maxRetries,
 		ContextTimeoutEnabled: true,
 	}), nil
 }
+
+// maxRetries is how many times go-redis retries a call that failed on the
+// connection (its default is 3, with a growing back-off, and a Cluster client
+// retries each node's retries again): once, for a pooled connection a Redis
+// restart closed, so that a call to a dead node fails within its bound rather
+// than at it.
+const maxRetries = 1
+
+// dialerRetries is how many times go-redis dials for one call (its default is
+// 5, 100ms apart): once, since every caller retries on its own terms (the
+// subscriber, the next request) and a dial retried within one call only spends
+// the call's bound, the whole of it against a node that refuses connections.
+const dialerRetries = 1
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d == 0 {

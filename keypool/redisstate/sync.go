@@ -2,7 +2,6 @@ package redisstate
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"cdr.dev/slog/v3"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -24,8 +24,9 @@ var errNoPong = errors.New("redisstate: change subscription did not answer PING"
 
 // run is the subscriber: it keeps the change subscription up, applies change
 // notifications to the local view, and resynchronises the view on every
-// (re)subscription and, while degraded, once per health check interval. It
-// returns when ctx is done.
+// (re)subscription, when Redis lost writes (checkVersions, once per health
+// check interval), and, while degraded, once per interval. It returns when ctx
+// is done.
 func (s *State) run(ctx context.Context) {
 	defer close(s.done)
 	var firstOnce sync.Once
@@ -37,25 +38,38 @@ func (s *State) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.health.failed(ctx, op, err)
+		s.health.log.Debug(ctx, "redis change subscription failed", slog.F("op", op), slog.Error(err))
+		s.health.lost(ctx, op, err)
+		s.reloadTopology()
 		first()
 		sleep(ctx, wait)
 		wait = min(wait*2, s.healthEvery)
 	}
 
 	// A degraded replica retries a resync at most once per interval, even when
-	// notifications keep the subscription busy.
-	var lastSync time.Time
+	// notifications keep the subscription busy; a healthy one checks its view
+	// against Redis once per interval, a resync counting as a check.
+	var lastSync, lastCheck time.Time
 	resync := func() {
 		lastSync = time.Now()
+		lastCheck = lastSync
 		s.resync(ctx)
 		first()
 	}
-	resyncDue := func() bool {
-		if s.health.up() {
-			return s.resyncWanted.Load()
+	maintain := func() {
+		if !s.health.up() {
+			if time.Since(lastSync) >= s.healthEvery {
+				resync()
+			}
+			return
 		}
-		return time.Since(lastSync) >= s.healthEvery
+		if time.Since(lastCheck) >= s.healthEvery {
+			lastCheck = time.Now()
+			s.checkVersions(ctx)
+		}
+		if s.resyncWanted.Load() {
+			resync()
+		}
 	}
 
 	var ps *redis.PubSub
@@ -81,44 +95,99 @@ func (s *State) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil {
-			if !isTimeout(err) {
-				// go-redis reconnects and resubscribes on the next receive; the
-				// subscription confirmation then triggers a resync.
+		switch {
+		case err == nil:
+			wait = minRetryWait
+			pinged = false
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" {
+					resync()
+				}
+			case *redis.Message:
+				s.notified(m.Payload)
+			}
+		case !isTimeout(err):
+			// go-redis reconnects and resubscribes on the next receive; the
+			// subscription confirmation then triggers a resync.
+			fail("subscribe", err)
+			continue
+		case pinged:
+			s.dropPubSub(ps)
+			ps = nil
+			fail("subscribe", errNoPong)
+			continue
+		case s.health.up():
+			// Idle for an interval: the subscription must still answer. (While
+			// degraded, the resync or the subscription confirmation tells.)
+			if err := ps.Ping(ctx); err != nil {
 				fail("subscribe", err)
 				continue
 			}
-			switch {
-			case pinged:
-				s.dropPubSub(ps)
-				ps = nil
-				fail("subscribe", errNoPong)
-			case resyncDue():
-				resync()
-			default:
-				if err := ps.Ping(ctx); err != nil {
-					fail("subscribe", err)
-					continue
-				}
-				pinged = true
-			}
-			continue
+			pinged = true
 		}
+		maintain()
+	}
+}
 
-		wait = minRetryWait
-		pinged = false
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" {
-				resync()
+// checkVersions compares, for each pool where Redis confirmed a version to
+// this replica, the pool's seq in Redis with that version: a lower seq means
+// Redis lost writes (a restart without persistence, a failover to a replica
+// that missed them), and a resync pushes them back. It is what makes a
+// replica converge after a failover without waiting for traffic: one HGET per
+// pool with state, pipelined (one round trip per Cluster node), once per
+// health check interval. A failed check counts as a failed call and asks for
+// a resync, a Cluster client reloading its slot map first.
+func (s *State) checkVersions(ctx context.Context) {
+	confirmed := s.view.confirmedVersions()
+	if len(confirmed) == 0 {
+		return
+	}
+	cmds := make(map[string]*redis.StringCmd, len(confirmed))
+	err := s.step(ctx, func(ctx context.Context) error {
+		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for pool := range confirmed {
+				cmds[pool] = p.HGet(ctx, s.keys.meta(pool), "seq")
 			}
-		case *redis.Message:
-			s.notified(m.Payload)
+			return nil
+		})
+		if errors.Is(err, redis.Nil) {
+			err = nil // a pool without seq: checked below
 		}
-		if resyncDue() {
-			resync()
+		return err
+	})
+	if err == nil {
+		err = s.compareVersions(ctx, confirmed, cmds)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			s.reloadTopology()
+			s.resyncWanted.Store(true)
+			s.health.failed(ctx, "check", err)
+		}
+		return
+	}
+	s.health.succeeded()
+}
+
+// compareVersions asks for a resync when a pool's seq in Redis (cmds) is lower
+// than the version Redis confirmed (confirmed).
+func (s *State) compareVersions(ctx context.Context, confirmed map[string]int64, cmds map[string]*redis.StringCmd) error {
+	for pool, cmd := range cmds {
+		seq, err := cmd.Int64()
+		if errors.Is(err, redis.Nil) {
+			seq, err = 0, nil // Redis lost the pool's seq too
+		}
+		if err != nil {
+			return err
+		}
+		if seq < confirmed[pool] {
+			s.health.log.Debug(ctx, "redis holds an older state of the pool than this replica saw: resynchronising",
+				slog.F("pool", pool), slog.F("redis_seq", seq), slog.F("seen", confirmed[pool]))
+			s.resyncWanted.Store(true)
 		}
 	}
+	return nil
 }
 
 // newPubSub starts a subscription object without I/O, or returns nil after Close.
@@ -141,50 +210,38 @@ func (s *State) dropPubSub(ps *redis.PubSub) {
 	}
 }
 
-// notification is the JSON a script publishes for one change.
-type notification struct {
-	Pool   string `json:"p"`
-	Ref    string `json:"r"`
-	Until  string `json:"u"`
-	Seq    string `json:"s"`
-	Reason string `json:"c"`
-	Epoch  string `json:"e"`
-}
-
-// notified applies a change notification to the local view.
+// notified applies a change notification, the key's whole state, to the local
+// view: one key, whatever the pool size. The replica's own changes come back
+// too and change nothing (the script's reply already applied them).
 func (s *State) notified(payload string) {
 	s.metrics.notifications.Inc()
 	if s.hooks.dropNotification != nil && s.hooks.dropNotification(payload) {
 		return
 	}
-	var n notification
-	if err := json.Unmarshal([]byte(payload), &n); err != nil {
+	pool, ref, ks, ok := parseKeyState(payload)
+	if !ok {
 		s.resyncWanted.Store(true) // unreadable: read the state instead
 		return
 	}
-	st, ok := parseParts(n.Until, n.Seq, n.Reason)
-	if !ok || n.Pool == "" || n.Ref == "" {
-		s.resyncWanted.Store(true)
-		return
-	}
-	v := s.view
-	v.mu.Lock()
-	same := v.applyLocked(n.Pool, n.Ref, st, n.Epoch)
-	v.publishLocked()
-	v.mu.Unlock()
-	if !same {
-		s.resyncWanted.Store(true)
-	}
+	s.view.applyNotified(pool, ref, ks, s.now())
 }
 
-// resync rebuilds the local view from Redis and pushes the marks Redis lacks;
-// success makes the replica healthy again.
+// resync pushes what Redis lacks and reloads the local view; success makes the
+// replica healthy again. A failed resync is retried: at once while Redis is
+// up, once per health check interval while it is not.
 func (s *State) resync(ctx context.Context) {
 	s.resyncWanted.Store(false)
 	pools, pushed, err := s.synchronise(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.health.failed(ctx, "sync", err)
+			s.health.log.Debug(ctx, "redis resynchronisation failed", slog.Error(err))
+			s.resyncWanted.Store(true)
+			s.reloadTopology()
+			if s.health.up() {
+				s.health.failed(ctx, "sync", err)
+			} else {
+				s.health.lost(ctx, "sync", err)
+			}
 		}
 		return
 	}
@@ -192,17 +249,13 @@ func (s *State) resync(ctx context.Context) {
 	s.health.recovered(ctx, pools, pushed)
 }
 
-// synchronise loads the scripts, finds the pools (in Redis and in the view) and
-// synchronises each. It returns how many pools and pushed marks it handled.
+// synchronise synchronises each pool this replica serves (Options.Pools) or
+// knows of. It returns how many pools and pushed marks it
+// handled. It never scans the keyspace: the pools are known.
 func (s *State) synchronise(ctx context.Context) (pools, pushed int, err error) {
-	for _, sc := range s.scripts.all() {
-		if err := s.step(ctx, func(ctx context.Context) error { return sc.Load(ctx, s.client).Err() }); err != nil {
-			return 0, 0, fmt.Errorf("load script: %w", err)
-		}
-	}
-	names, err := s.scanPools(ctx)
-	if err != nil {
-		return 0, 0, fmt.Errorf("scan pools: %w", err)
+	names := make(map[string]struct{}, len(s.pools))
+	for _, name := range s.pools {
+		names[name] = struct{}{}
 	}
 	for _, name := range s.view.poolNames() {
 		names[name] = struct{}{}
@@ -217,59 +270,59 @@ func (s *State) synchronise(ctx context.Context) (pools, pushed int, err error) 
 	return len(names), pushed, nil
 }
 
-// scanPools finds the pools that have state in Redis, on every master of a
-// Cluster. SCAN walks the whole database, but only on (re)synchronisation.
-func (s *State) scanPools(ctx context.Context) (map[string]struct{}, error) {
-	var mu sync.Mutex
-	found := make(map[string]struct{})
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		var cursor uint64
-		for {
-			var keys []string
-			err := s.step(ctx, func(ctx context.Context) error {
-				var err error
-				keys, cursor, err = c.Scan(ctx, cursor, s.keys.metaPattern(), 1000).Result()
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			mu.Lock()
-			for _, k := range keys {
-				if pool, ok := s.keys.poolOfMeta(k); ok {
-					found[pool] = struct{}{}
-				}
-			}
-			mu.Unlock()
-			if cursor == 0 {
-				return nil
-			}
-		}
-	}
-	if cc, ok := s.client.(*redis.ClusterClient); ok {
-		err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
-		return found, err
-	}
-	return found, scan(ctx, s.client)
-}
-
-// syncPool pushes the pool's marks Redis lacks and reloads the pool's view, in
-// two round trips: the sync script, then the cooldowns it listed.
+// syncPool pushes the pool's state Redis lacks and reloads the pool's view, in
+// two round trips: the scripts loaded on the pool's node (so that the request
+// path's EVALSHA finds them, even in a Redis that came back empty) with the
+// index of the pool's keys with state, then the sync script on those keys and
+// the view's.
 func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
-	now := s.now()
-	known, entries := s.view.toPush(pool, now)
-	keys := []string{s.keys.meta(pool), s.keys.index(pool)}
-	args := []any{now.UnixMilli(), known, newEpoch(), s.keys.channel(), pool}
-	for _, e := range entries {
-		mode := "v"
-		if e.pending {
-			mode = "p"
+	var indexed []string
+	err := s.step(ctx, func(ctx context.Context) error {
+		node, err := s.nodeOf(ctx, pool)
+		if err != nil {
+			return err
 		}
-		keys = append(keys, s.keys.cooldown(pool, e.ref))
-		args = append(args, e.ref, unixMillisCeil(e.c.Until), string(e.c.Reason), mode)
+		var zr *redis.StringSliceCmd
+		_, err = node.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, src := range s.scripts.sources() {
+				p.ScriptLoad(ctx, src)
+			}
+			zr = p.ZRange(ctx, s.keys.index(pool), 0, -1)
+			return nil
+		})
+		indexed = zr.Val()
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	now := s.now()
+	pushed := s.view.toPush(pool, now)
+	given := make(map[string]bool, len(pushed))
+	for _, p := range pushed {
+		given[p.ref] = true
+	}
+	for _, ref := range indexed {
+		if !given[ref] {
+			pushed = append(pushed, pushKey{ref: ref, mode: "r"})
+		}
+	}
+	keys := []string{s.keys.meta(pool), s.keys.index(pool)}
+	args := []any{now.UnixMilli(), s.keys.channel(), pool, tombstoneTTL.Milliseconds()}
+	for _, p := range pushed {
+		keys = append(keys, s.keys.key(pool, p.ref))
+		var ovAt, ovUntil int64
+		ovReason := "-"
+		if p.ov != nil {
+			ovAt, ovUntil, ovReason = p.ov.at, unixMillisCeil(p.ov.c.Until), orDash(string(p.ov.c.Reason))
+		}
+		args = append(args, p.ref, p.vk, ovAt, ovUntil, ovReason, p.mode, len(p.scopes))
+		for _, sc := range p.scopes {
+			args = append(args, sc.model, unixMillisCeil(sc.s.e.Until), sc.s.at, sc.s.e.Span.Milliseconds(), orDash(string(sc.s.e.Reason)))
+		}
 	}
 	var reply []any
-	err := s.step(ctx, func(ctx context.Context) error {
+	err = s.step(ctx, func(ctx context.Context) error {
 		var err error
 		reply, err = s.scripts.sync.Run(ctx, s.client, keys, args...).Slice()
 		return err
@@ -277,68 +330,77 @@ func (s *State) syncPool(ctx context.Context, pool string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	epoch, lost, seq, pushed, refs, err := parseSyncReply(reply)
+	n, states, seq, err := parseSyncReply(pool, reply, pushed)
 	if err != nil {
 		return 0, err
 	}
-	read := make(map[string]stored, len(refs))
-	if len(refs) > 0 {
-		cdKeys := make([]string, len(refs))
-		for i, ref := range refs {
-			cdKeys[i] = s.keys.cooldown(pool, ref)
-		}
-		var vals []any
-		err := s.step(ctx, func(ctx context.Context) error {
-			var err error
-			vals, err = s.client.MGet(ctx, cdKeys...).Result()
-			return err
-		})
-		if err != nil {
-			return 0, err
-		}
-		for i, raw := range vals {
-			str, _ := raw.(string)
-			if st, ok := parseStored(str); ok {
-				read[refs[i]] = st
-			}
-		}
-	}
-	s.view.resynced(pool, epoch, lost, seq, read, entries)
-	return pushed, nil
+	s.view.resynced(pool, states, pushed, seq, s.now())
+	return n, nil
 }
 
-// step runs one Redis call of a resync, bounded by the State's timeout.
+// nodeOf is the client of the node holding the pool's keys: the master of its
+// hash slot on a Cluster (as the client's slot map has it), the client itself
+// otherwise. A SCRIPT LOAD sent through a ClusterClient goes to every node, and
+// fails when any is down, though the pool's node answers.
+func (s *State) nodeOf(ctx context.Context, pool string) (redis.Cmdable, error) {
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		return cc.MasterForKey(ctx, s.keys.meta(pool))
+	}
+	return s.client, nil
+}
+
+// step runs one Redis call of the background work (a resync, a check, a batch
+// of Forgets): bounded by the dial timeout, not by the request path's tighter
+// Timeout, so a Redis that is slow now and then still resynchronises. Its
+// context says it is background work, so that a hook counting what requests
+// cost can leave it out (IsBackground).
 func (s *State) step(ctx context.Context, f func(ctx context.Context) error) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, backgroundKey{}, true), s.backgroundTimeout)
 	defer cancel()
 	return f(ctx)
 }
 
-func parseSyncReply(reply []any) (epoch string, lost bool, seq int64, pushed int, refs []string, err error) {
+type backgroundKey struct{}
+
+// IsBackground reports whether ctx is that of a Redis call the State makes on
+// its own (resyncs, checks, Forget's batches) rather than for a request: a
+// go-redis hook given ctx can tell what requests cost from upkeep.
+func IsBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
+}
+
+// parseSyncReply reads {pushed, {state_1..state_n}, seq}; a key Redis holds
+// nothing for is nil.
+func parseSyncReply(pool string, reply []any, keys []pushKey) (int, map[string]*keyState, int64, error) {
 	bad := fmt.Errorf("unexpected sync reply %v", reply)
-	if len(reply) != 5 {
-		return "", false, 0, 0, nil, bad
+	if len(reply) != 3 {
+		return 0, nil, 0, bad
 	}
-	epoch, ok1 := reply[0].(string)
-	lostN, ok2 := reply[1].(int64)
-	seqS, ok3 := reply[2].(string)
-	pushedN, ok4 := reply[3].(int64)
-	list, ok5 := reply[4].([]any)
-	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
-		return "", false, 0, 0, nil, bad
+	pushed, ok1 := reply[0].(int64)
+	list, ok2 := reply[1].([]any)
+	seqText, ok3 := reply[2].(string)
+	seq, err := strconv.ParseInt(seqText, 10, 64)
+	if !ok1 || !ok2 || !ok3 || err != nil || len(list) != len(keys) {
+		return 0, nil, 0, bad
 	}
-	seq, err = strconv.ParseInt(seqS, 10, 64)
-	if err != nil {
-		return "", false, 0, 0, nil, bad
-	}
-	for _, r := range list {
-		ref, ok := r.(string)
-		if !ok {
-			return "", false, 0, 0, nil, bad
+	states := make(map[string]*keyState, len(keys))
+	for i, r := range list {
+		states[keys[i].ref] = nil
+		if r == nil {
+			continue
 		}
-		refs = append(refs, ref)
+		msg, ok := r.(string)
+		if !ok {
+			return 0, nil, 0, bad
+		}
+		p, ref, ks, ok := parseKeyState(msg)
+		if !ok || p != pool || ref != keys[i].ref {
+			return 0, nil, 0, bad
+		}
+		states[ref] = &ks
 	}
-	return epoch, lostN == 1, seq, int(pushedN), refs, nil
+	return int(pushed), states, seq, nil
 }
 
 func isTimeout(err error) bool {

@@ -7,6 +7,7 @@ import (
 
 	"cdr.dev/slog/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/envoy-keypool/envoy-keypool/config"
 	"github.com/envoy-keypool/envoy-keypool/keypool/redisstate"
@@ -16,7 +17,12 @@ import (
 // fatal: the replica serves from its local view and converges once Redis answers.
 func newRedisState(ctx context.Context, cfg *config.Config, log slog.Logger, reg prometheus.Registerer) (*stateBackend, error) {
 	rc := cfg.State.Redis
+	pools := make([]string, len(cfg.Pools))
+	for i, p := range cfg.Pools {
+		pools[i] = p.Name
+	}
 	opts := redisstate.Options{
+		Pools:               pools,
 		URL:                 rc.URL,
 		Addrs:               rc.Addrs,
 		MasterName:          rc.MasterName,
@@ -37,6 +43,10 @@ func newRedisState(ctx context.Context, cfg *config.Config, log slog.Logger, reg
 	if rc.TLS {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
+	// go-redis writes its own lines (one per failed dial during an outage) to
+	// stderr through a process-wide logger: route them into this process's
+	// log, at debug level, since redisstate logs an outage once already.
+	redis.SetLogger(goRedisLog{log.Named("go-redis")})
 	st, err := redisstate.New(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("state.redis: %w", err)
@@ -47,4 +57,11 @@ func newRedisState(ctx context.Context, cfg *config.Config, log slog.Logger, reg
 		ready: st.Ready,
 		close: func() { _ = st.Close() },
 	}, nil
+}
+
+// goRedisLog is go-redis's logger interface on slog.
+type goRedisLog struct{ log slog.Logger }
+
+func (l goRedisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Debug(ctx, fmt.Sprintf(format, v...))
 }
