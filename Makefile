@@ -50,6 +50,14 @@ bench: build
 	  --rounds $(BENCH_ROUNDS) --duration $(BENCH_DURATION) --json $(BIN)/bench.json > $(BIN)/bench.md
 	@cat $(BIN)/bench.md
 
+## soak: load one envoy-keypool for SOAK_DURATION (default 10m; SOAK_STATE memory or redis) and
+## plot its RSS, goroutines and p99 over time to bin/soak.svg (not part of CI)
+SOAK_DURATION ?= 10m
+SOAK_STATE    ?= memory
+soak: build
+	$(BIN)/keypool-load soak --keypool-bin $(BIN)/envoy-keypool --state $(SOAK_STATE) --duration $(SOAK_DURATION) \
+	  --plot $(BIN)/soak.svg --json $(BIN)/soak.json
+
 ## lint: vet and formatting
 lint:
 	$(GO) vet $(PKGS)

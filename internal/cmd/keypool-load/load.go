@@ -28,20 +28,44 @@ var errUnexpectedAnswer = errors.New("unexpected answer")
 // workers counted in the measurement window (after the warm-up), with what m
 // metered over that window.
 func loadTarget(ctx context.Context, o options, addr string, m *meter) (result, error) {
+	clients, closeClients, err := dialClients(ctx, o, addr)
+	if err != nil {
+		return result{}, err
+	}
+	defer closeClients()
+	return loadWindow(ctx, o, clients, m)
+}
+
+// dialClients opens --conns connections to addr, ready before any clock starts.
+func dialClients(ctx context.Context, o options, addr string) ([]extprocv3.ExternalProcessorClient, func(), error) {
 	clients := make([]extprocv3.ExternalProcessorClient, o.conns)
+	var conns []*grpc.ClientConn
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
 	for i := range clients {
 		// One ClientConn is one HTTP/2 connection; a fresh one per slot, as Envoy's
 		// worker threads each hold their own.
 		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
-			return result{}, fmt.Errorf("dial %s: %w", addr, err)
+			closeAll()
+			return nil, nil, fmt.Errorf("dial %s: %w", addr, err)
 		}
-		defer conn.Close()
+		conns = append(conns, conn)
 		if err := connect(ctx, conn, o.streamTimeout); err != nil {
-			return result{}, fmt.Errorf("connect to %s: %w", addr, err)
+			closeAll()
+			return nil, nil, fmt.Errorf("connect to %s: %w", addr, err)
 		}
 		clients[i] = extprocv3.NewExternalProcessorClient(conn)
 	}
+	return clients, closeAll, nil
+}
+
+// loadWindow runs the workers over clients for --warmup, then for the measurement
+// window of --duration, and returns what they counted in the window.
+func loadWindow(ctx context.Context, o options, clients []extprocv3.ExternalProcessorClient, m *meter) (result, error) {
 	// Request ids unique across runs against one server, whose state remembers the
 	// keys each request id tried.
 	nonce := cryptorand.Text()[:12]

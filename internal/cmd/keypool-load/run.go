@@ -107,6 +107,13 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	return o, errors.Join(errs...)
 }
 
+// defaultOptions are the flags' defaults, for commands that drive the load with
+// options of their own.
+func defaultOptions() options {
+	o, _ := parseOptions([]string{"--target", "unused"}, io.Discard)
+	return o
+}
+
 // run drives the load the command line describes and writes the report to stdout.
 // It returns early, with the figures so far discarded, when ctx ends.
 //
@@ -119,6 +126,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return servePassThrough(ctx, args[1:], stdout, stderr)
 		case "bench":
 			return runBench(ctx, args[1:], stdout, stderr)
+		case "soak":
+			return runSoak(ctx, args[1:], stdout, stderr)
 		}
 	}
 	o, err := parseOptions(args, stderr)
