@@ -137,7 +137,7 @@ pools:
   - name: p
     provider: anthropic
     failure_statuses: [429, 529]
-    keys: [{id: k1, secret: env:K1}]`, []string{"pools[0].failure_statuses[1]: 529 is not a key failure"}},
+    keys: [{id: k1, secret: env:K1}]`, []string{"pools[0].failure_statuses: removed", "failure_policy"}},
 		{"bad byok", `
 pools:
   - name: p
@@ -294,4 +294,95 @@ func FuzzRead(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestPoolPolicyFieldsNameTheField(t *testing.T) {
+	pool := func(extra string) string {
+		return "pools:\n  - name: p\n    provider: openai\n" + extra
+	}
+	keys := "    keys: [{id: k1, secret: env:K1}, {id: k2, secret: env:K1}]\n"
+	tests := []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"unknown class", pool("    failure_policy: {teapot: cool}\n" + keys), []string{`pools[0].failure_policy.teapot: unknown failure class "teapot"`}},
+		{"unknown action", pool("    failure_policy: {forbidden: ignore}\n" + keys), []string{`pools[0].failure_policy.forbidden: unknown action "ignore"`}},
+		{"quorum below 1", pool("    corroborate: {requests: -1}\n" + keys), []string{"pools[0].corroborate.requests: -1 is less than 1"}},
+		{"negative window", pool("    corroborate: {window: -1s}\n" + keys), []string{"pools[0].corroborate.window: -1s is not positive"}},
+		{"probe lease too long", pool("    probe_lease: 1h\n" + keys), []string{"pools[0].probe_lease: 1h0m0s is outside (0, 10m0s]"}},
+		{"negative token floor", pool("    headroom: {min_tokens: -5}\n" + keys), []string{"pools[0].headroom.min_tokens: -5 is negative"}},
+		{"unknown strategy", pool("    strategy: random\n" + keys), []string{`pools[0].strategy: unknown strategy "random"`}},
+		{"weight with priority", pool("    keys: [{id: k1, secret: env:K1, weight: 2}]\n"), []string{"pools[0].keys[0].weight: applies only with strategy weighted or tiered"}},
+		{"tier with weighted", pool("    strategy: weighted\n    keys: [{id: k1, secret: env:K1, tier: 1}]\n"), []string{"pools[0].keys[0].tier: applies only with strategy tiered"}},
+		{"weight out of range", pool("    strategy: weighted\n    keys: [{id: k1, secret: env:K1, weight: -2}]\n"), []string{"pools[0].keys[0].weight: -2 is outside [1, 1000000]"}},
+		{"negative tier", pool("    strategy: tiered\n    keys: [{id: k1, secret: env:K1, tier: -1}]\n"), []string{"pools[0].keys[0].tier: -1 is negative"}},
+		{"credential header as model header", pool("    model_header: authorization\n" + keys), []string{`pools[0].model_header: "authorization" carries credentials`}},
+		{"model header not lower case", pool("    model_header: X-Model\n" + keys), []string{"pools[0].model_header:", "not a lower-case header name"}},
+		{"failure_statuses removed", pool("    failure_statuses: [401, 429]\n" + keys), []string{"pools[0].failure_statuses: removed", "failure_policy: {forbidden: pass}"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := config.Read(strings.NewReader(tt.yaml), env(map[string]string{"K1": "v"}))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestPoolPolicyReachesThePool(t *testing.T) {
+	c, err := config.Read(strings.NewReader(`
+pools:
+  - name: p
+    provider: openai
+    strategy: tiered
+    failure_policy: {forbidden: cool, request_too_large: pass}
+    corroborate: {requests: 5, window: 30s}
+    headroom: {min_tokens: 0}
+    probe_lease: 45s
+    model_header: x-ai-eg-model
+    cooldowns: {quota: {default: 3h}}
+    keys:
+      - {id: a, secret: env:K1, weight: 3, tier: 1}
+      - {id: b, secret: env:K1}
+`), env(map[string]string{"K1": "v"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := c.Pool("p")
+	o := p.PoolOptions(nil)
+	if o.Strategy != keypool.StrategyTiered || len(o.Weights) != 2 || o.Weights[0] != 3 || o.Weights[1] != 1 ||
+		o.Tiers[0] != 1 || o.Tiers[1] != 0 {
+		t.Errorf("selection: %v %v %v", o.Strategy, o.Weights, o.Tiers)
+	}
+	f := o.Failures
+	if f.Actions[keypool.ClassForbidden] != keypool.ActionCool || f.Actions[keypool.ClassRequestTooLarge] != keypool.ActionPass ||
+		f.Quorum != 5 || f.Window != 30*time.Second {
+		t.Errorf("failures: %+v", f)
+	}
+	if o.Headroom.MinTokens != 0 || o.ProbeLease != 45*time.Second || o.Policy[keypool.ReasonQuota].Default != 3*time.Hour ||
+		p.ModelHeader != "x-ai-eg-model" {
+		t.Errorf("headroom %+v lease %s quota %+v model header %q", o.Headroom, o.ProbeLease, o.Policy[keypool.ReasonQuota], p.ModelHeader)
+	}
+	if _, err := keypool.NewPool(o); err != nil {
+		t.Errorf("NewPool: %v", err)
+	}
+
+	d, err := config.Read(strings.NewReader(validPool), env(map[string]string{"K1": "v"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp, _ := d.Pool("p")
+	do := dp.PoolOptions(nil)
+	if do.Strategy != keypool.StrategyPriority || do.Weights != nil || do.Failures.Quorum != 3 ||
+		do.Failures.Window != 10*time.Second || do.Headroom.MinTokens != 1 || do.ProbeLease != 30*time.Second ||
+		dp.ModelHeader != "x-keypool-model" {
+		t.Errorf("defaults: %+v, model header %q", do, dp.ModelHeader)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	"github.com/envoy-keypool/envoy-keypool/keypool"
-	"github.com/envoy-keypool/envoy-keypool/providers"
 )
 
 // Pool is one pool of keys for one provider.
@@ -24,19 +23,45 @@ type Pool struct {
 	// a pool key) or allow (a request with a client credential passes untouched).
 	// Default deny.
 	BYOK string `yaml:"byok"`
-	// FailureStatuses are the upstream statuses that mark a key and fail over, a
-	// subset of 401, 403 and 429. Default [401, 403, 429].
+	// Strategy chooses among the usable keys: priority (the first usable key in
+	// the order of Keys serves, which keeps provider prompt caches warm), weighted
+	// (spread by the keys' weight) or tiered (the lowest tier with a usable key
+	// serves, spread by weight inside the tier). Default priority.
+	Strategy string `yaml:"strategy"`
+	// FailurePolicy overrides the action of a failure class (rate_limited,
+	// rate_limit_unconfirmed, quota, unauthorized, forbidden, request_too_large,
+	// overloaded): cool, failover, corroborate or pass. Default:
+	// keypool.DefaultActions.
+	FailurePolicy map[string]string `yaml:"failure_policy"`
+	// Corroborate sets the quorum and window of the corroborate action. Default 3
+	// requests within 10s.
+	Corroborate Corroborate `yaml:"corroborate"`
+	// Headroom sets when a successful answer's remaining limits take a key out.
+	Headroom Headroom `yaml:"headroom"`
+	// ModelHeader is the request header extproc reads the request's model from
+	// when the provider's path names none (Envoy AI Gateway sets x-ai-eg-model);
+	// it is removed before the request goes upstream. Lower case. Default
+	// "x-keypool-model".
+	ModelHeader string `yaml:"model_header"`
+	// ProbeLease is how long one probe of a key whose cooldown ended may take
+	// before another request may probe it. Default 30s, at most 10m.
+	ProbeLease Duration `yaml:"probe_lease"`
+	// FailureStatuses was the list of statuses that marked a key. Removed: setting
+	// it is an error that points to FailurePolicy.
 	FailureStatuses []int `yaml:"failure_statuses"`
 	// Cooldowns overrides the cooldown rule of a reason (rate_limited, unauthorized,
-	// forbidden, disabled). Default: keypool.DefaultPolicy.
+	// forbidden, quota, depleted, disabled). Default: keypool.DefaultPolicy.
 	Cooldowns map[string]CooldownRule `yaml:"cooldowns"`
 	// Keys in priority order. At least one.
 	Keys []Key `yaml:"keys"`
 	// Route describes the pool's route in the generated Envoy configuration.
 	Route Route `yaml:"route"`
 
-	keys   []keypool.Key  // resolved Keys
-	policy keypool.Policy // parsed Cooldowns
+	keys     []keypool.Key         // resolved Keys
+	policy   keypool.Policy        // parsed Cooldowns
+	failures keypool.FailurePolicy // parsed FailurePolicy and Corroborate
+	weights  []int                 // per key, for the weighted strategies
+	tiers    []int                 // per key, for the tiered strategy
 }
 
 // The BYOK policies.
@@ -59,6 +84,12 @@ type Key struct {
 	ID string `yaml:"id"`
 	// Secret says where the key's value is read from. Required.
 	Secret SecretRef `yaml:"secret"`
+	// Weight is the key's share of the requests with strategy weighted or tiered
+	// (inside its tier), from 1 to 1000000. Default 1.
+	Weight int `yaml:"weight"`
+	// Tier is the key's tier with strategy tiered: lower tiers serve first.
+	// Default 0.
+	Tier int `yaml:"tier"`
 }
 
 // validName matches the names of pools and keys: they appear in Redis keys, metric
@@ -67,9 +98,7 @@ var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 func (p *Pool) applyDefaults() {
 	setDefault(&p.BYOK, BYOKDeny)
-	if p.FailureStatuses == nil {
-		p.FailureStatuses = providers.DefaultFailureStatuses()
-	}
+	p.applyPolicyDefaults()
 	p.Route.applyDefaults(p)
 }
 
@@ -83,11 +112,7 @@ func (p *Pool) validate(path string) []error {
 	if p.BYOK != BYOKDeny && p.BYOK != BYOKAllow {
 		add(".byok", fmt.Errorf("%q is not one of deny, allow", p.BYOK))
 	}
-	for i, s := range p.FailureStatuses {
-		if _, ok := providers.FailureReason(s); !ok {
-			add(fmt.Sprintf(".failure_statuses[%d]", i), fmt.Errorf("%d is not a key failure (want 401, 403 or 429)", s))
-		}
-	}
+	errs = append(errs, p.validatePolicy(path)...)
 	p.policy = keypool.DefaultPolicy()
 	for name, r := range p.Cooldowns {
 		reason, err := keypool.ParseReason(name)
@@ -155,5 +180,11 @@ func (p *Pool) ResolvedKeys() []keypool.Key { return slices.Clone(p.keys) }
 // Policy is the pool's cooldown rules: the defaults with the file's overrides.
 func (p *Pool) Policy() keypool.Policy { return p.policy }
 
-// FailsOver reports whether an upstream status marks the key and fails over.
-func (p *Pool) FailsOver(status int) bool { return slices.Contains(p.FailureStatuses, status) }
+// FailsOver reports whether an upstream status may be a key failure (401, 403,
+// 429); the pool's failure policy decides what the failure does.
+//
+// Deprecated: extproc classifies answers with providers.Provider.Classify and
+// keypool's failure policy; this stays until extproc.Target.FailsOver is gone.
+func (p *Pool) FailsOver(status int) bool {
+	return status == 401 || status == 403 || status == 429
+}

@@ -63,14 +63,14 @@ func BenchmarkAttemptHandling(b *testing.B) {
 		s := allocServer(b)
 		ctx, _ := allocFirstAttempt()
 		t := s.targets["openai"]
-		key, err := t.Pool.Pick(ctx, keypool.Attempt{RequestID: "r", Number: 1})
+		pick, err := t.Pool.Pick(ctx, keypool.Attempt{RequestID: "r", Number: 1})
 		if err != nil {
 			b.Fatal(err)
 		}
 		// An attempt whose request headers got key; the same key fails every time,
 		// which keeps the state's size steady.
 		a := &attempt{server: s, poolName: "openai", target: t, sawRequest: true,
-			id: keypool.Attempt{RequestID: "5f0c7e7a-8a1b-4c59-9d0e-0d8f3a1e2b44", Number: 1}, key: key}
+			id: keypool.Attempt{RequestID: "5f0c7e7a-8a1b-4c59-9d0e-0d8f3a1e2b44", Number: 1}, key: pick.Key, pick: pick}
 		req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
 			ResponseHeaders: &extprocv3.HttpHeaders{Headers: allocHeaderMap(
 				":status", "429", "content-type", "application/json", "x-request-id", "upstream-id")},

@@ -23,7 +23,9 @@ type attempt struct {
 
 	sawRequest bool
 	id         keypool.Attempt
-	key        keypool.Key // zero until a key was injected (ids are never empty)
+	key        keypool.Key  // zero until a key was injected (ids are never empty)
+	pick       keypool.Pick // the pick that gave key
+	answered   bool         // the pool heard how the attempt ended (Fail or Finish)
 }
 
 // handle answers one message; nil means no answer is due.
@@ -66,11 +68,12 @@ func (a *attempt) onRequestHeaders(ctx context.Context, h headerView) *extprocv3
 		return continueRequestHeaders(nil)
 	}
 
-	key, err := t.Pool.Pick(ctx, a.id)
+	pick, err := t.Pool.Pick(ctx, a.id)
 	if err != nil {
 		return a.exhausted(ctx, err)
 	}
-	a.key = key
+	key := pick.Key
+	a.pick, a.key = pick, key
 	s.metrics.picks.WithLabelValues(a.poolName, key.ID()).Inc()
 
 	auth := t.Provider.AuthHeader(key.Value())
@@ -110,21 +113,41 @@ func (a *attempt) onResponseHeaders(ctx context.Context, h headerView) *extprocv
 		return continueResponseHeaders(nil)
 	}
 	t := a.target
+	a.answered = true
 	f, isFailure := t.Provider.Classify(code, h, nil, t.Pool.Now())
-	if !isFailure || f.Class == keypool.ClassOverloaded || !t.FailsOver(code) {
+	if !isFailure {
+		t.Pool.Finish(ctx, a.id, a.pick, t.Provider.Headroom(h, t.Pool.Now()))
 		return continueResponseHeaders(nil)
 	}
-	reason, hint := f.Class.Reason(), f.Hint
-	c := t.Pool.Fail(ctx, a.id, a.key, reason, hint)
-	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(reason)).Inc()
-	a.logger().Info(ctx, "key failed; marked and retrying with the next key",
+	hint := f.Hint
+	out := t.Pool.Fail(ctx, a.id, a.pick, f)
+	s.metrics.failures.WithLabelValues(a.poolName, a.key.ID(), string(f.Class.Reason())).Inc()
+	msg := "key failed; not marked"
+	switch {
+	case out.Retry && !out.Cooldown.Until.IsZero():
+		msg = "key failed; marked and retrying with the next key"
+	case out.Retry:
+		msg = "key failed; retrying with the next key"
+	}
+	a.logger().Info(ctx, msg,
 		slog.F("pool", a.poolName), slog.F("key", a.key.ID()), slog.F("key_hint", a.key.Hint()),
-		slog.F("status", code), slog.F("reason", reason), slog.F("cooldown_until", c.Until),
+		slog.F("status", code), slog.F("class", f.Class), slog.F("action", out.Action),
+		slog.F("retry", out.Retry), slog.F("cooldown_until", out.Cooldown.Until),
 		slog.F("provider_hint_known", hint.Known), slog.F("provider_hint", hint.After),
 		slog.F("attempt", a.id.Number))
+	if !out.Retry {
+		return continueResponseHeaders(nil)
+	}
 	return continueResponseHeaders(&extprocv3.HeaderMutation{
-		SetHeaders: []*corev3.HeaderValueOption{setHeader(s.headers.RetryMarker, string(reason))},
+		SetHeaders: []*corev3.HeaderValueOption{setHeader(s.headers.RetryMarker, string(f.Class))},
 	})
+}
+
+// release tells the pool that the attempt's stream ended without an answer.
+func (a *attempt) release(ctx context.Context) {
+	if a.key.ID() != "" && !a.answered {
+		a.target.Pool.Release(ctx, a.id, a.pick)
+	}
 }
 
 func (a *attempt) exhausted(ctx context.Context, err error) *extprocv3.ProcessingResponse {

@@ -84,6 +84,7 @@ func NewServer(opts Options) (*Server, error) {
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := stream.Context()
 	a := s.newAttempt(ctx)
+	defer a.release(ctx)
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {

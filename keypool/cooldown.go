@@ -55,7 +55,9 @@ type Policy map[Reason]Rule
 //     (region, model access), so a storm of them cannot empty the pool for long.
 //   - quota: 1h by default, clamped to [1m, 24h]: an account out of credit comes back
 //     when someone pays, which takes hours.
-//   - depleted: the provider's reset time, 1m when it gave none, clamped to [100ms, 1h].
+//   - depleted: the provider's reset time, 10s when it gave none (Azure sends no
+//     reset), clamped to [100ms, 1h]: a short guess, since the probe that follows
+//     finds out whether the limit refilled.
 //   - disabled: an operator's action, 10 years unless the operator gives a duration.
 func DefaultPolicy() Policy {
 	return Policy{
@@ -63,7 +65,7 @@ func DefaultPolicy() Policy {
 		ReasonUnauthorized: {Default: time.Hour, Min: time.Minute, Max: 24 * time.Hour},
 		ReasonForbidden:    {Default: 30 * time.Second, Min: time.Second, Max: 10 * time.Minute},
 		ReasonQuota:        {Default: time.Hour, Min: time.Minute, Max: 24 * time.Hour},
-		ReasonDepleted:     {Default: time.Minute, Min: 100 * time.Millisecond, Max: time.Hour},
+		ReasonDepleted:     {Default: 10 * time.Second, Min: 100 * time.Millisecond, Max: time.Hour},
 		ReasonDisabled:     {Default: 10 * 365 * 24 * time.Hour, Min: time.Second, Max: 10 * 365 * 24 * time.Hour},
 	}
 }
@@ -76,13 +78,18 @@ type Hint struct {
 	Known bool
 }
 
+// rule is reason's rule: p's, else the default one.
+func (p Policy) rule(reason Reason) Rule {
+	if rule, ok := p[reason]; ok {
+		return rule
+	}
+	return DefaultPolicy()[reason]
+}
+
 // Duration is the cooldown for reason given the provider's hint: the hint when known,
 // else the reason's default, clamped to the reason's [min, max].
 func (p Policy) Duration(reason Reason, hint Hint) time.Duration {
-	rule, ok := p[reason]
-	if !ok {
-		rule = DefaultPolicy()[reason]
-	}
+	rule := p.rule(reason)
 	d := rule.Default
 	if hint.Known && hint.After >= 0 {
 		d = hint.After

@@ -11,11 +11,14 @@ type ExhaustionKind int
 
 // The kinds of exhaustion, each answered differently to the client.
 const (
-	// ExhaustedRateLimited: at least one key will be usable again soon (it is cooling
-	// for a rate limit, or this request already tried it). Answered 429 + Retry-After.
+	// ExhaustedRateLimited: at least one key will be usable again: it cools for a
+	// rate limit, its limit is spent (depleted), its account is out of quota (OpenAI
+	// itself answers insufficient_quota with a 429), another request probes it, or
+	// this request already tried it. Answered 429 with Retry-After = the time until
+	// the soonest key returns (1s when a key serves a new request now).
 	ExhaustedRateLimited ExhaustionKind = iota + 1
-	// ExhaustedAuthFailed: every key cools down because the provider refused it (401
-	// or 403), none for a rate limit. Answered 502.
+	// ExhaustedAuthFailed: every key that is not disabled cools down because the
+	// provider refused it (401 or 403). Answered 502.
 	ExhaustedAuthFailed
 	// ExhaustedUnavailable: the pool has no key an operator left enabled. Answered 503.
 	ExhaustedUnavailable
@@ -45,13 +48,20 @@ type ExhaustedError struct {
 	RetryAfter time.Duration
 	// Keys is the size of the pool.
 	Keys int
+	// Model is the model the attempt asked for (bounded by ModelName): the kind and
+	// the retry-after are this model's. "" when unknown.
+	Model string
 }
 
 func (e *ExhaustedError) Error() string {
+	forModel := ""
+	if e.Model != "" {
+		forModel = fmt.Sprintf(" for model %q", e.Model)
+	}
 	switch e.Kind {
 	case ExhaustedRateLimited:
-		return fmt.Sprintf("all %d keys of pool %q are rate limited or already tried by this request; retry after %s",
-			e.Keys, e.Pool, e.RetryAfter)
+		return fmt.Sprintf("all %d keys of pool %q are rate limited%s or already tried by this request; retry after %s",
+			e.Keys, e.Pool, forModel, e.RetryAfter)
 	case ExhaustedAuthFailed:
 		return fmt.Sprintf("all %d keys of pool %q failed authentication", e.Keys, e.Pool)
 	default:

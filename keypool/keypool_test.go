@@ -1,7 +1,6 @@
 package keypool_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,40 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 )
-
-func newFakeClock() *fakeclock.Clock {
-	return fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
-}
-
-// testKeys returns n keys of pool "p" with obviously fake values.
-func testKeys(n int) []keypool.Key {
-	keys := make([]keypool.Key, n)
-	for i := range keys {
-		keys[i] = keypool.NewKey("p", fmt.Sprintf("k%d", i+1), fmt.Sprintf("test-secret-value-%d-xxxxxxxxxxxx", i+1))
-	}
-	return keys
-}
-
-func newTestPool(t *testing.T, n int, clock keypool.Clock) *keypool.Pool {
-	t.Helper()
-	p, err := keypool.NewPool(keypool.PoolOptions{Name: "p", Keys: testKeys(n), Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func mustPick(t *testing.T, p *keypool.Pool, a keypool.Attempt) keypool.Key {
-	t.Helper()
-	k, err := p.Pick(context.Background(), a)
-	if err != nil {
-		t.Fatalf("Pick(%+v): %v", a, err)
-	}
-	return k
-}
 
 func TestPolicyDuration(t *testing.T) {
 	p := keypool.DefaultPolicy()
@@ -109,228 +76,6 @@ func TestRuleValidate(t *testing.T) {
 	}
 }
 
-func TestMarkNeverShortensLongerCooldown(t *testing.T) {
-	clock := newFakeClock()
-	p := newTestPool(t, 2, clock)
-	ctx := context.Background()
-	k1 := mustPick(t, p, keypool.Attempt{Number: 1})
-
-	long := p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 10 * time.Minute, Known: true})
-	short := p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 5 * time.Second, Known: true})
-	if !short.Until.Equal(long.Until) {
-		t.Fatalf("short mark replaced the longer one: until %s, want %s", short.Until, long.Until)
-	}
-	longer := p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 20 * time.Minute, Known: true})
-	if !longer.Until.After(long.Until) {
-		t.Fatalf("a longer mark did not extend the cooldown: until %s, was %s", longer.Until, long.Until)
-	}
-	clock.Advance(15 * time.Minute)
-	if got := mustPick(t, p, keypool.Attempt{Number: 1}); got.ID() != "k2" {
-		t.Fatalf("after 15m the key marked for 20m is back: picked %s", got.ID())
-	}
-}
-
-func TestPickPriorityOrder(t *testing.T) {
-	clock := newFakeClock()
-	p := newTestPool(t, 3, clock)
-	for range 5 {
-		if got := mustPick(t, p, keypool.Attempt{Number: 1, RequestID: "r"}); got.ID() != "k1" {
-			t.Fatalf("picked %s, want the first key while it is healthy", got.ID())
-		}
-	}
-}
-
-func TestCoolingKeyIsSkippedUntilItsTime(t *testing.T) {
-	clock := newFakeClock()
-	p := newTestPool(t, 3, clock)
-	ctx := context.Background()
-	k1 := mustPick(t, p, keypool.Attempt{Number: 1})
-	p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonRateLimited, keypool.Hint{After: 30 * time.Second, Known: true})
-
-	if got := mustPick(t, p, keypool.Attempt{Number: 1}); got.ID() != "k2" {
-		t.Fatalf("while k1 cools: picked %s, want k2", got.ID())
-	}
-	clock.Advance(29 * time.Second)
-	if got := mustPick(t, p, keypool.Attempt{Number: 1}); got.ID() != "k2" {
-		t.Fatalf("1s before k1 returns: picked %s, want k2", got.ID())
-	}
-	clock.Advance(time.Second)
-	if got := mustPick(t, p, keypool.Attempt{Number: 1}); got.ID() != "k1" {
-		t.Fatalf("when k1's cooldown ended: picked %s, want k1", got.ID())
-	}
-}
-
-func TestEachKeyAtMostOncePerRequest(t *testing.T) {
-	clock := newFakeClock()
-	p := newTestPool(t, 3, clock)
-	ctx := context.Background()
-	seen := map[string]bool{}
-	for attempt := 1; attempt <= 3; attempt++ {
-		a := keypool.Attempt{RequestID: "req-1", Number: attempt}
-		k := mustPick(t, p, a)
-		if seen[k.ID()] {
-			t.Fatalf("attempt %d reused %s", attempt, k.ID())
-		}
-		seen[k.ID()] = true
-		// A forbidden key's cooldown is short: once it ended, only the tried set
-		// keeps this request off the key.
-		p.Fail(ctx, a, k, keypool.ReasonForbidden, keypool.Hint{After: time.Second, Known: true})
-		clock.Advance(2 * time.Second)
-	}
-	_, err := p.Pick(ctx, keypool.Attempt{RequestID: "req-1", Number: 4})
-	var ex *keypool.ExhaustedError
-	if !errors.As(err, &ex) {
-		t.Fatalf("attempt 4: err = %v, want *ExhaustedError", err)
-	}
-	// Another request may take the keys again: their cooldowns ended.
-	if got := mustPick(t, p, keypool.Attempt{RequestID: "req-2", Number: 2}); got.ID() != "k1" {
-		t.Fatalf("another request picked %s, want k1", got.ID())
-	}
-}
-
-func TestExhaustion(t *testing.T) {
-	type mark struct {
-		key    int // index into keys
-		reason keypool.Reason
-		after  time.Duration
-	}
-	tests := []struct {
-		name           string
-		marks          []mark
-		wantKind       keypool.ExhaustionKind
-		wantRetryAfter time.Duration
-	}{
-		{
-			name:           "all rate limited: 429 with time to the soonest return",
-			marks:          []mark{{0, keypool.ReasonRateLimited, 40 * time.Second}, {1, keypool.ReasonRateLimited, 12 * time.Second}},
-			wantKind:       keypool.ExhaustedRateLimited,
-			wantRetryAfter: 12 * time.Second,
-		},
-		{
-			name:           "retry-after is rounded up to whole seconds",
-			marks:          []mark{{0, keypool.ReasonRateLimited, 2500 * time.Millisecond}, {1, keypool.ReasonRateLimited, time.Minute}},
-			wantKind:       keypool.ExhaustedRateLimited,
-			wantRetryAfter: 3 * time.Second,
-		},
-		{
-			name:           "retry-after is at least one second",
-			marks:          []mark{{0, keypool.ReasonRateLimited, time.Second}, {1, keypool.ReasonRateLimited, time.Second}},
-			wantKind:       keypool.ExhaustedRateLimited,
-			wantRetryAfter: time.Second,
-		},
-		{
-			name:     "all unauthorized: 502 without retry-after",
-			marks:    []mark{{0, keypool.ReasonUnauthorized, 0}, {1, keypool.ReasonUnauthorized, 0}},
-			wantKind: keypool.ExhaustedAuthFailed,
-		},
-		{
-			name:     "unauthorized and forbidden: 502",
-			marks:    []mark{{0, keypool.ReasonUnauthorized, 0}, {1, keypool.ReasonForbidden, 0}},
-			wantKind: keypool.ExhaustedAuthFailed,
-		},
-		{
-			name:           "a mix of unauthorized and rate limited: 429",
-			marks:          []mark{{0, keypool.ReasonUnauthorized, time.Hour}, {1, keypool.ReasonRateLimited, 20 * time.Second}},
-			wantKind:       keypool.ExhaustedRateLimited,
-			wantRetryAfter: 20 * time.Second,
-		},
-		{
-			name:           "a mix where a forbidden key returns first: retry-after follows it",
-			marks:          []mark{{0, keypool.ReasonForbidden, 5 * time.Second}, {1, keypool.ReasonRateLimited, time.Minute}},
-			wantKind:       keypool.ExhaustedRateLimited,
-			wantRetryAfter: 5 * time.Second,
-		},
-		{
-			name:     "all disabled by an operator: 503",
-			marks:    []mark{{0, keypool.ReasonDisabled, 0}, {1, keypool.ReasonDisabled, 0}},
-			wantKind: keypool.ExhaustedUnavailable,
-		},
-		{
-			name:     "disabled and unauthorized: 502",
-			marks:    []mark{{0, keypool.ReasonDisabled, 0}, {1, keypool.ReasonUnauthorized, 0}},
-			wantKind: keypool.ExhaustedAuthFailed,
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			clock := newFakeClock()
-			p := newTestPool(t, 2, clock)
-			ctx := context.Background()
-			keys := p.Status()
-			for _, m := range tt.marks {
-				k := keys[m.key].Key
-				if m.reason == keypool.ReasonDisabled {
-					if _, err := p.Disable(ctx, k.ID(), 0); err != nil {
-						t.Fatal(err)
-					}
-					continue
-				}
-				p.Fail(ctx, keypool.Attempt{}, k, m.reason, keypool.Hint{After: m.after, Known: m.after > 0})
-			}
-			_, err := p.Pick(ctx, keypool.Attempt{Number: 1})
-			var ex *keypool.ExhaustedError
-			if !errors.As(err, &ex) || !errors.Is(err, keypool.ErrExhausted) {
-				t.Fatalf("Pick err = %v, want *ExhaustedError", err)
-			}
-			if ex.Kind != tt.wantKind || ex.RetryAfter != tt.wantRetryAfter {
-				t.Errorf("got kind %s retry-after %s, want %s %s", ex.Kind, ex.RetryAfter, tt.wantKind, tt.wantRetryAfter)
-			}
-			if ex.Keys != 2 || ex.Pool != "p" {
-				t.Errorf("got pool %q keys %d, want \"p\" 2", ex.Pool, ex.Keys)
-			}
-		})
-	}
-}
-
-func TestTriedButRecoveredKeysGiveRetryableExhaustion(t *testing.T) {
-	clock := newFakeClock()
-	p := newTestPool(t, 1, clock)
-	ctx := context.Background()
-	a1 := keypool.Attempt{RequestID: "r", Number: 1}
-	k := mustPick(t, p, a1)
-	p.Fail(ctx, a1, k, keypool.ReasonForbidden, keypool.Hint{After: time.Second, Known: true})
-	clock.Advance(time.Minute)
-	_, err := p.Pick(ctx, keypool.Attempt{RequestID: "r", Number: 2})
-	var ex *keypool.ExhaustedError
-	if !errors.As(err, &ex) || ex.Kind != keypool.ExhaustedRateLimited || ex.RetryAfter != time.Second {
-		t.Fatalf("Pick err = %#v, want rate-limited exhaustion with retry-after 1s", err)
-	}
-}
-
-func TestEnableAndDisable(t *testing.T) {
-	clock := newFakeClock()
-	p := newTestPool(t, 2, clock)
-	ctx := context.Background()
-	if _, err := p.Disable(ctx, "k1", 0); err != nil {
-		t.Fatal(err)
-	}
-	if got := mustPick(t, p, keypool.Attempt{Number: 1}); got.ID() != "k2" {
-		t.Fatalf("k1 disabled: picked %s", got.ID())
-	}
-	clock.Advance(365 * 24 * time.Hour)
-	if got := mustPick(t, p, keypool.Attempt{Number: 1}); got.ID() != "k2" {
-		t.Fatalf("a year later k1 is still disabled: picked %s", got.ID())
-	}
-	if err := p.Enable(ctx, "k1"); err != nil {
-		t.Fatal(err)
-	}
-	if got := mustPick(t, p, keypool.Attempt{Number: 1}); got.ID() != "k1" {
-		t.Fatalf("k1 enabled: picked %s", got.ID())
-	}
-	// Enable also ends a cooldown that a provider failure caused.
-	k1 := p.Status()[0].Key
-	p.Fail(ctx, keypool.Attempt{}, k1, keypool.ReasonUnauthorized, keypool.Hint{})
-	if err := p.Enable(ctx, "k1"); err != nil {
-		t.Fatal(err)
-	}
-	if st := p.Status()[0]; !st.Available(clock.Now()) {
-		t.Fatalf("k1 after enable: %+v", st.Cooldown)
-	}
-	if err := p.Enable(ctx, "nope"); !errors.Is(err, keypool.ErrUnknownKey) {
-		t.Fatalf("Enable(unknown) = %v, want ErrUnknownKey", err)
-	}
-}
-
 func TestNewPoolRejectsBadOptions(t *testing.T) {
 	dup := []keypool.Key{keypool.NewKey("p", "a", "v1"), keypool.NewKey("p", "a", "v2")}
 	tests := []struct {
@@ -344,6 +89,21 @@ func TestNewPoolRejectsBadOptions(t *testing.T) {
 		{"bad rule", keypool.PoolOptions{Name: "p", Keys: testKeys(1), Policy: keypool.Policy{
 			keypool.ReasonRateLimited: {Default: time.Second, Min: time.Minute, Max: time.Second},
 		}}, "cooldown rate_limited: min 1m0s is greater than max 1s"},
+		{"unknown strategy", keypool.PoolOptions{Name: "p", Keys: testKeys(1), Strategy: "random"}, `unknown strategy "random"`},
+		{"weights with priority", keypool.PoolOptions{Name: "p", Keys: testKeys(2), Weights: []int{1, 2}},
+			"weights and tiers apply only to the weighted and tiered strategies"},
+		{"tiers with weighted", keypool.PoolOptions{Name: "p", Keys: testKeys(2), Strategy: keypool.StrategyWeighted, Tiers: []int{0, 1}},
+			"tiers apply only to the tiered strategy"},
+		{"a weight per key", keypool.PoolOptions{Name: "p", Keys: testKeys(2), Strategy: keypool.StrategyWeighted, Weights: []int{1}},
+			"1 weights for 2 keys"},
+		{"zero weight", keypool.PoolOptions{Name: "p", Keys: testKeys(2), Strategy: keypool.StrategyWeighted, Weights: []int{1, 0}},
+			"key 1: weight 0 is outside [1, 1000000]"},
+		{"negative tier", keypool.PoolOptions{Name: "p", Keys: testKeys(2), Strategy: keypool.StrategyTiered, Tiers: []int{0, -1}},
+			"key 1: tier -1 is negative"},
+		{"unknown class", keypool.PoolOptions{Name: "p", Keys: testKeys(1), Failures: keypool.FailurePolicy{
+			Actions: map[keypool.Class]keypool.Action{"teapot": keypool.ActionCool}}}, `unknown failure class "teapot"`},
+		{"unknown action", keypool.PoolOptions{Name: "p", Keys: testKeys(1), Failures: keypool.FailurePolicy{
+			Actions: map[keypool.Class]keypool.Action{keypool.ClassForbidden: "ignore"}}}, `class forbidden: unknown action "ignore"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -355,21 +115,26 @@ func TestNewPoolRejectsBadOptions(t *testing.T) {
 	}
 }
 
-func TestKeyNeverPrintsItsValue(t *testing.T) {
+func TestKeyValueNeverShows(t *testing.T) {
 	const secret = "test-secret-value-abcdefghijklmnop-WXYZ"
 	k := keypool.NewKey("p", "primary", secret)
-	js, err := json.Marshal(map[string]any{"key": k, "status": keypool.KeyStatus{Key: k}})
+	h := newHarness(t, 1, func(o *keypool.PoolOptions) { o.Keys = []keypool.Key{k} })
+	a := attempt("r", 1)
+	pk := h.pick(a)
+	out := h.fail(a, pk, keypool.ClassRateLimited, time.Minute)
+	_, exErr := h.pool.Pick(h.ctx, attempt("r", 2))
+	js, err := json.Marshal(map[string]any{"key": k, "pick": pk, "status": h.pool.Status(), "outcome": out})
 	if err != nil {
 		t.Fatal(err)
 	}
 	outputs := []string{
 		fmt.Sprint(k), fmt.Sprintf("%v %+v %#v %s %q", k, k, k, k, k),
-		fmt.Sprintf("%+v %#v", keypool.KeyStatus{Key: k}, []keypool.Key{k}),
-		string(js), k.Ref(),
+		fmt.Sprintf("%v %+v %#v", pk, pk, pk), fmt.Sprintf("%+v %#v", h.pool.Status(), out),
+		string(js), k.Ref(), exErr.Error(),
 	}
-	for _, out := range outputs {
-		if strings.Contains(out, secret) || strings.Contains(out, secret[:20]) {
-			t.Errorf("output shows the key value: %s", out)
+	for _, o := range outputs {
+		if strings.Contains(o, secret) || strings.Contains(o, secret[:20]) {
+			t.Errorf("output shows the key value: %s", o)
 		}
 	}
 	if k.Hint() != "…WXYZ" {
@@ -383,60 +148,158 @@ func TestKeyNeverPrintsItsValue(t *testing.T) {
 	}
 }
 
-func TestConcurrentWalkAndMark(t *testing.T) {
-	clock := newFakeClock()
-	p := newTestPool(t, 5, clock)
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for g := range 32 {
-		wg.Go(func() {
-			for i := range 200 {
-				id := fmt.Sprintf("req-%d-%d", g, i)
-				used := map[string]bool{}
-				for attempt := 1; attempt <= 6; attempt++ {
-					a := keypool.Attempt{RequestID: id, Number: attempt}
-					k, err := p.Pick(ctx, a)
-					if errors.Is(err, keypool.ErrExhausted) {
-						break
-					}
-					if err != nil {
-						errs <- err
-						return
-					}
-					if used[k.ID()] {
-						errs <- fmt.Errorf("request %s reused key %s", id, k.ID())
-						return
-					}
-					used[k.ID()] = true
-					if (g+i+attempt)%3 != 0 {
-						break // served
-					}
-					p.Fail(ctx, a, k, keypool.ReasonRateLimited, keypool.Hint{After: time.Millisecond, Known: true})
-				}
-				if i%50 == 0 {
-					clock.Advance(time.Second)
-				}
+func TestOwnsTellsPoolKeysFromOthers(t *testing.T) {
+	h := newHarness(t, 3)
+	tests := []struct {
+		name  string
+		value string
+		want  bool
+	}{
+		{"first key", h.keys[0].Value(), true},
+		{"last key", h.keys[2].Value(), true},
+		{"another value", "sk-client-own-key-0123456789", false},
+		{"a key's prefix", h.keys[0].Value()[:10], false},
+		{"a key with a suffix", h.keys[0].Value() + "x", false},
+		{"empty", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := h.pool.Owns(tt.value); got != tt.want {
+				t.Errorf("Owns = %v, want %v", got, tt.want)
 			}
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
+	v := h.keys[1].Value()
+	if allocs := testing.AllocsPerRun(100, func() { h.pool.Owns(v) }); allocs != 0 {
+		t.Errorf("Owns allocates %.0f times, want 0", allocs)
 	}
 }
 
-func TestFirstPickAllocatesNothing(t *testing.T) {
-	p := newTestPool(t, 3, newFakeClock())
-	ctx := context.Background()
-	a := keypool.Attempt{RequestID: "r", Number: 1}
-	allocs := testing.AllocsPerRun(1000, func() {
-		if _, err := p.Pick(ctx, a); err != nil {
-			t.Fatal(err)
+func TestMarkNeverShortensALaterCooldown(t *testing.T) {
+	h := newHarness(t, 2)
+	a := attempt("", 1)
+	k1 := h.pick(a)
+	long := h.fail(a, k1, keypool.ClassRateLimited, 10*time.Minute)
+	short := h.fail(a, k1, keypool.ClassRateLimited, 5*time.Second)
+	if !short.Cooldown.Until.Equal(long.Cooldown.Until) || short.Changed || !long.Changed {
+		t.Fatalf("short mark: until %s changed %v; want the longer %s kept, unchanged", short.Cooldown.Until, short.Changed, long.Cooldown.Until)
+	}
+	longer := h.fail(a, k1, keypool.ClassRateLimited, 20*time.Minute)
+	if !longer.Cooldown.Until.After(long.Cooldown.Until) || !longer.Changed {
+		t.Fatalf("a longer mark did not extend the cooldown: until %s, was %s", longer.Cooldown.Until, long.Cooldown.Until)
+	}
+	h.clock.Advance(15 * time.Minute)
+	if got := h.serve(attempt("", 1)); got != "k2" {
+		t.Fatalf("after 15m the key marked for 20m is back: picked %s", got)
+	}
+}
+
+func TestCoolingKeyIsSkippedUntilItsTime(t *testing.T) {
+	h := newHarness(t, 3)
+	a := attempt("r", 1)
+	h.fail(a, h.pick(a), keypool.ClassRateLimited, 30*time.Second)
+	for _, step := range []struct {
+		advance time.Duration
+		want    string
+	}{{0, "k2"}, {29 * time.Second, "k2"}, {time.Second, "k1"}} {
+		h.clock.Advance(step.advance)
+		if got := h.serve(attempt("", 1)); got != step.want {
+			t.Fatalf("at +%s: picked %s, want %s", step.advance, got, step.want)
 		}
-	})
-	if allocs != 0 {
-		t.Errorf("a healthy first pick allocates %.0f times, want 0", allocs)
+	}
+}
+
+func TestEnableAndDisable(t *testing.T) {
+	h := newHarness(t, 2)
+	if _, err := h.pool.Disable(h.ctx, "k1", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.serve(attempt("", 1)); got != "k2" {
+		t.Fatalf("k1 disabled: picked %s", got)
+	}
+	h.clock.Advance(365 * 24 * time.Hour)
+	if got := h.serve(attempt("", 1)); got != "k2" {
+		t.Fatalf("a year later k1 is still disabled: picked %s", got)
+	}
+	if err := h.pool.Enable(h.ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.serve(attempt("", 1)); got != "k1" {
+		t.Fatalf("k1 enabled: picked %s", got)
+	}
+
+	// Enable ends every cooldown of the key, key-wide and per model.
+	a := keypool.Attempt{Number: 1, Model: "gpt-4o"}
+	h.fail(a, h.pick(a), keypool.ClassRateLimited, time.Hour)
+	k1 := h.pick(attempt("", 1))
+	h.fail(attempt("", 1), k1, keypool.ClassUnauthorized, 0)
+	if st := h.status("k1"); st.Available(h.clock.Now()) || len(st.Models) != 1 {
+		t.Fatalf("k1 before enable: %+v", st)
+	}
+	if err := h.pool.Enable(h.ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if st := h.status("k1"); !st.Available(h.clock.Now()) || len(st.Models) != 0 {
+		t.Fatalf("k1 after enable: %+v", st)
+	}
+	if got := h.serve(a); got != "k1" {
+		t.Fatalf("gpt-4o after enable: picked %s", got)
+	}
+	if err := h.pool.Enable(h.ctx, "nope"); !errors.Is(err, keypool.ErrUnknownKey) {
+		t.Fatalf("Enable(unknown) = %v, want ErrUnknownKey", err)
+	}
+	if _, err := h.pool.Disable(h.ctx, "nope", 0); !errors.Is(err, keypool.ErrUnknownKey) {
+		t.Fatalf("Disable(unknown) = %v, want ErrUnknownKey", err)
+	}
+}
+
+func TestConcurrentPicksAndFailures(t *testing.T) {
+	for _, strategy := range keypool.Strategies() {
+		t.Run(string(strategy), func(t *testing.T) {
+			h := newHarness(t, 5, func(o *keypool.PoolOptions) { o.Strategy = strategy })
+			var wg sync.WaitGroup
+			errs := make(chan error, 64)
+			for g := range 16 {
+				wg.Go(func() {
+					for i := range 100 {
+						id := fmt.Sprintf("req-%d-%d", g, i)
+						used := map[string]bool{}
+						for n := 1; n <= 6; n++ {
+							a := keypool.Attempt{RequestID: id, Number: n, Model: []string{"", "m1", "m2"}[i%3]}
+							pk, err := h.pool.Pick(h.ctx, a)
+							if errors.Is(err, keypool.ErrExhausted) {
+								break
+							}
+							if err != nil {
+								errs <- err
+								return
+							}
+							if used[pk.ID()] {
+								errs <- fmt.Errorf("request %s reused key %s", id, pk.ID())
+								return
+							}
+							used[pk.ID()] = true
+							if (g+i+n)%3 != 0 {
+								h.pool.Finish(h.ctx, a, pk, keypool.Headroom{})
+								break
+							}
+							class := []keypool.Class{keypool.ClassRateLimited, keypool.ClassForbidden, keypool.ClassRequestTooLarge}[n%3]
+							if !h.pool.Fail(h.ctx, a, pk, keypool.Failure{Class: class, Hint: keypool.Hint{After: time.Second, Known: true}}).Retry {
+								break
+							}
+						}
+						if g == 0 && i%25 == 0 {
+							// Cooldowns (1s) end during the test; tried sets (10s) do not.
+							h.clock.Advance(time.Second)
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+		})
 	}
 }

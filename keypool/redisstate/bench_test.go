@@ -43,7 +43,7 @@ func BenchmarkPick(b *testing.B) {
 	for _, st := range benchStates(b) {
 		keys := testKeys("openai", 4)
 		pool := newPool(b, "openai", keys, st.state, nil)
-		pool.Fail(ctx, keypool.Attempt{RequestID: "setup", Number: 1}, keys[0], keypool.ReasonRateLimited,
+		pool.FailKey(ctx, keypool.Attempt{RequestID: "setup", Number: 1}, keys[0], keypool.ReasonRateLimited,
 			keypool.Hint{After: time.Hour, Known: true})
 		for _, attempt := range []struct {
 			name   string
@@ -75,7 +75,7 @@ func BenchmarkMark(b *testing.B) {
 			for b.Loop() {
 				i++
 				a := keypool.Attempt{RequestID: "bench-" + strconv.Itoa(i), Number: 1}
-				pool.Fail(ctx, a, keys[i%len(keys)], keypool.ReasonRateLimited, keypool.Hint{})
+				pool.FailKey(ctx, a, keys[i%len(keys)], keypool.ReasonRateLimited, keypool.Hint{})
 			}
 		})
 	}

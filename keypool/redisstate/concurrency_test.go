@@ -48,10 +48,10 @@ func TestTwoReplicasManyGoroutines(t *testing.T) {
 					seen[k.ID()] = true
 					switch r := rng.IntN(10); {
 					case r < 4:
-						p.Fail(ctx, att, k, keypool.ReasonRateLimited, keypool.Hint{After: time.Duration(1+rng.IntN(3)) * time.Second, Known: true})
+						p.FailKey(ctx, att, k.Key, keypool.ReasonRateLimited, keypool.Hint{After: time.Duration(1+rng.IntN(3)) * time.Second, Known: true})
 						continue
 					case r == 4:
-						p.Fail(ctx, att, k, keypool.ReasonForbidden, keypool.Hint{})
+						p.FailKey(ctx, att, k.Key, keypool.ReasonForbidden, keypool.Hint{})
 						continue
 					case r == 5 && i%10 == 0:
 						if err := p.Enable(ctx, k.ID()); err != nil {

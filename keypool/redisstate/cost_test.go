@@ -47,7 +47,7 @@ func TestRedisRoundTripsPerAttempt(t *testing.T) {
 			ctx := context.Background()
 
 			// Warm up: a failover elsewhere in the pool, seen by both replicas.
-			poolA.Fail(ctx, keypool.Attempt{RequestID: "warm", Number: 1}, keys[2], keypool.ReasonRateLimited, keypool.Hint{})
+			poolA.FailKey(ctx, keypool.Attempt{RequestID: "warm", Number: 1}, keys[2], keypool.ReasonRateLimited, keypool.Hint{})
 			waitFor(t, "B sees the warm-up mark", func() bool { return b.Cooldown("openai", keys[2].Ref()).ActiveAt(time.Now()) })
 
 			a.counter.Reset()
@@ -70,7 +70,7 @@ func TestRedisRoundTripsPerAttempt(t *testing.T) {
 			b.counter.Reset()
 			first := keypool.Attempt{RequestID: "failover", Number: 1}
 			k, _ := poolA.Pick(ctx, first)
-			poolA.Fail(ctx, first, k, keypool.ReasonRateLimited, keypool.Hint{})
+			poolA.FailKey(ctx, first, k.Key, keypool.ReasonRateLimited, keypool.Hint{})
 			got, err := poolB.Pick(ctx, keypool.Attempt{RequestID: "failover", Number: 2})
 			if err != nil || got.ID() != "key-2" {
 				t.Fatalf("attempt 2 = %v, %v; want key-2", got, err)

@@ -17,7 +17,7 @@ func TestRedisHoldsRefsAndStatesOnly(t *testing.T) {
 	pool := newPool(t, "openai", keys, s, nil)
 	ctx := context.Background()
 	att := keypool.Attempt{RequestID: "req-42", Number: 1}
-	pool.Fail(ctx, att, keys[0], keypool.ReasonRateLimited, keypool.Hint{After: 30 * time.Second, Known: true})
+	pool.FailKey(ctx, att, keys[0], keypool.ReasonRateLimited, keypool.Hint{After: 30 * time.Second, Known: true})
 
 	c := srv.Client()
 	got, err := c.Keys(ctx, "*").Result()

@@ -111,7 +111,7 @@ func TestWorksWithALeastPrivilegeACLUser(t *testing.T) {
 	keys := testKeys("openai", 2)
 	pool := newPool(t, "openai", keys, a, nil)
 	first := keypool.Attempt{RequestID: "r", Number: 1}
-	pool.Fail(ctx, first, keys[0], keypool.ReasonRateLimited, keypool.Hint{})
+	pool.FailKey(ctx, first, keys[0], keypool.ReasonRateLimited, keypool.Hint{})
 	if k, err := pool.Pick(ctx, keypool.Attempt{RequestID: "r", Number: 2}); err != nil || k.ID() != "key-2" {
 		t.Fatalf("retry Pick = %v, %v", k, err)
 	}

@@ -36,11 +36,11 @@ func request(ctx context.Context, id string, pools []*keypool.Pool, serve provid
 		}
 		tried = append(tried, k.ID())
 		triedOn[at] = append(triedOn[at], k.ID())
-		reason, hint, failed := serve(k)
+		reason, hint, failed := serve(k.Key)
 		if !failed {
 			return tried, nil
 		}
-		pools[at].Fail(ctx, a, k, reason, hint)
+		pools[at].FailKey(ctx, a, k.Key, reason, hint)
 	}
 	return tried, fmt.Errorf("no key served within %d attempts: %v", maxAttempts, tried)
 }
@@ -249,7 +249,7 @@ func TestStartsDegradedWhenRedisIsDown(t *testing.T) {
 	if err != nil || k.ID() != "key-1" {
 		t.Fatalf("Pick = %v, %v; want key-1 from the local view", k, err)
 	}
-	c := pool.Fail(ctx, att, k, keypool.ReasonRateLimited, keypool.Hint{After: time.Hour, Known: true})
+	c := pool.FailKey(ctx, att, k.Key, keypool.ReasonRateLimited, keypool.Hint{After: time.Hour, Known: true})
 	if k, err := pool.Pick(ctx, keypool.Attempt{RequestID: "r", Number: 2}); err != nil || k.ID() != "key-2" {
 		t.Fatalf("retry Pick = %v, %v; want key-2", k, err)
 	}

@@ -45,6 +45,8 @@ type State struct {
 
 	psMu sync.Mutex // protects ps
 	ps   *redis.PubSub
+
+	shim v2shim // temporary keypool.State v2 bridge (v2shim.go)
 }
 
 var _ keypool.State = (*State)(nil)

@@ -133,9 +133,7 @@ func buildTargets(cfg *config.Config, state keypool.State) (map[string]*extproc.
 	pools := make([]admin.Pool, 0, len(cfg.Pools))
 	for i := range cfg.Pools {
 		pc := &cfg.Pools[i]
-		pool, err := keypool.NewPool(keypool.PoolOptions{
-			Name: pc.Name, Keys: pc.ResolvedKeys(), Policy: pc.Policy(), State: state,
-		})
+		pool, err := keypool.NewPool(pc.PoolOptions(state))
 		if err != nil {
 			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
 		}

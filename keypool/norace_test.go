@@ -1,0 +1,5 @@
+//go:build !race
+
+package keypool_test
+
+const raceEnabled = false
