@@ -37,7 +37,7 @@ func buildKeypool(t *testing.T) string {
 }
 
 // selfAsLoadTool is this test binary, run as keypool-load by its children.
-func selfAsLoadTool(t *testing.T) string {
+func selfAsLoadTool(t testing.TB) string {
 	t.Helper()
 	t.Setenv(asMainEnv, "1")
 	self, err := os.Executable()

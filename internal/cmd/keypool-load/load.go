@@ -83,6 +83,11 @@ func loadWindow(ctx context.Context, o options, clients []extprocv3.ExternalProc
 	timer := time.AfterFunc(o.warmup, func() { metered <- m.start(ctx) })
 	defer timer.Stop()
 
+	var budget *atomic.Int64 // requests left to start in the window; nil: no limit
+	if o.requests > 0 {
+		budget = new(atomic.Int64)
+		budget.Store(o.requests)
+	}
 	workers := make([]*worker, o.concurrency)
 	var wg sync.WaitGroup
 	for i := range workers {
@@ -94,6 +99,7 @@ func loadWindow(ctx context.Context, o options, clients []extprocv3.ExternalProc
 			idBase:      fmt.Sprintf("load-%s-%d-", nonce, i),
 			measureFrom: measureFrom,
 			pacer:       p,
+			budget:      budget,
 			stats:       newStats(),
 		}
 		workers[i] = w
@@ -196,7 +202,8 @@ type worker struct {
 	idBase      string
 	n           int
 	measureFrom time.Time
-	pacer       *pacer // nil: closed loop
+	pacer       *pacer        // nil: closed loop
+	budget      *atomic.Int64 // requests left to start in the window; nil: no limit
 	stats       *stats
 }
 
@@ -205,6 +212,9 @@ type worker struct {
 func (w *worker) run(ctx context.Context, end time.Time) {
 	for ctx.Err() == nil && time.Now().Before(end) {
 		if w.pacer != nil && !w.pacer.wait(ctx) {
+			return
+		}
+		if w.budget != nil && !time.Now().Before(w.measureFrom) && w.budget.Add(-1) < 0 {
 			return
 		}
 		w.request(ctx)

@@ -234,3 +234,12 @@ func TestUnreachableTargetIsOneError(t *testing.T) {
 		t.Errorf("err = %v, want a connection error naming %s", err, addr)
 	}
 }
+
+func TestRequestsEndTheRunAtThatCount(t *testing.T) {
+	addr := startKeypool(t, 2)
+	rep := runJSON(t, "--target", addr, "--concurrency", "4", "--duration", "1m", "--requests", "50")
+	checkWellFormed(t, "keypool", rep.Keypool)
+	if rep.Keypool.Requests != 50 {
+		t.Errorf("%d requests, want exactly the 50 asked for", rep.Keypool.Requests)
+	}
+}

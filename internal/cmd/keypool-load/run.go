@@ -22,6 +22,7 @@ type options struct {
 	conns         int
 	duration      time.Duration
 	warmup        time.Duration
+	requests      int64
 	rate          float64
 	streamTimeout time.Duration
 	failRate      float64
@@ -49,6 +50,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.conns, "conns", 2, "gRPC connections the workers share (Envoy opens one per worker thread)")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long workers start new requests after the warm-up (the measurement window)")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "load before the measurement window, counted nowhere (connections, goroutine stacks and the heap settle)")
+	fs.Int64Var(&o.requests, "requests", 0, "end the run after this many requests have started after the warm-up, or at the end of --duration if sooner; 0: at the end of --duration")
 	fs.Float64Var(&o.rate, "rate", 0, "attempts per second, paced across the workers (an open loop); 0: each worker sends back to back (a closed loop)")
 	fs.DurationVar(&o.streamTimeout, "stream-timeout", 2*time.Second, "deadline of one stream")
 	fs.Float64Var(&o.failRate, "fail-rate", 0, "share of attempts answered with --fail-status instead of 200, in [0, 1]")
@@ -82,6 +84,9 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.duration <= 0 || o.streamTimeout <= 0 {
 		errs = append(errs, errors.New("--duration and --stream-timeout must be positive"))
+	}
+	if o.requests < 0 {
+		errs = append(errs, fmt.Errorf("--requests %d: want 0 or more", o.requests))
 	}
 	if o.warmup < 0 {
 		errs = append(errs, fmt.Errorf("--warmup %s: want 0 or more", o.warmup))
