@@ -48,7 +48,12 @@ func dialClients(ctx context.Context, o options, addr string) ([]extprocv3.Exter
 	for i := range clients {
 		// One ClientConn is one HTTP/2 connection; a fresh one per slot, as Envoy's
 		// worker threads each hold their own.
-		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			// Envoy's HTTP/2 windows (256 MiB each, source/common/http/http_option_limits.h
+			// DEFAULT_INITIAL_STREAM_WINDOW_SIZE, DEFAULT_INITIAL_CONNECTION_WINDOW_SIZE). Fixed windows also
+			// turn off grpc-go's BDP estimation, whose pings Envoy never sends and the
+			// server would otherwise answer on every burst.
+			grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow))
 		if err != nil {
 			closeAll()
 			return nil, nil, fmt.Errorf("dial %s: %w", addr, err)
@@ -62,6 +67,9 @@ func dialClients(ctx context.Context, o options, addr string) ([]extprocv3.Exter
 	}
 	return clients, closeAll, nil
 }
+
+// envoyWindow is Envoy's default HTTP/2 stream and connection window.
+const envoyWindow = 256 << 20
 
 // loadWindow runs the workers over clients for --warmup, then for the measurement
 // window of --duration, and returns what they counted in the window.

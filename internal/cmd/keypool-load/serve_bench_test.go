@@ -22,9 +22,19 @@ import (
 	"github.com/envoy-keypool/envoy-keypool/providers"
 )
 
-// serveUnderLoadOptions are the gRPC server options BenchmarkServeUnderLoad serves
-// with: those of `envoy-keypool serve` (cmd/envoy-keypool/internal/app/serve.go).
-var serveUnderLoadOptions []grpc.ServerOption
+// serveUnderLoadOptions are the gRPC server options BenchmarkServeUnderLoad compares:
+// those of `envoy-keypool serve` (cmd/envoy-keypool/internal/app/serve.go) first.
+var serveUnderLoadOptions = []struct {
+	name string
+	opts []grpc.ServerOption
+}{
+	{"serve", nil},
+	// Stream handlers on goroutines that are kept, with their grown stacks, instead
+	// of one new goroutine per stream.
+	{"stream-workers", []grpc.ServerOption{grpc.NumStreamWorkers(256)}},
+	// Fixed flow-control windows turn off grpc-go's BDP estimation and its pings.
+	{"fixed-windows", []grpc.ServerOption{grpc.InitialWindowSize(1 << 20), grpc.InitialConnWindowSize(1 << 20)}},
+}
 
 // newServeLikeKeypool is envoy-keypool's ext_proc server as serve wires it, from the
 // configuration the bench command serves (keypoolConfig: 4 fake keys, 1ms
@@ -55,7 +65,7 @@ func newServeLikeKeypool(tb testing.TB) extprocv3.ExternalProcessorServer {
 	}
 	log := slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo)
 	srv, err := extproc.NewServer(extproc.Options{
-		Targets: map[string]*extproc.Target{pc.Name: {Pool: pool, Provider: prov}},
+		Targets: map[string]*extproc.Target{pc.Name: {Pool: pool, Provider: prov, FailsOver: pc.FailsOver}},
 		Headers: extproc.Headers{PoolMetadataKey: cfg.Envoy.PoolMetadataKey, RequestID: cfg.Envoy.RequestIDHeader,
 			AttemptCount: cfg.Envoy.AttemptCountHeader, RetryMarker: cfg.Envoy.RetryMarkerHeader},
 		Logger:  log,
@@ -133,18 +143,20 @@ func BenchmarkServeUnderLoad(b *testing.B) {
 	}{{"healthy", 0}, {"failover", 0.1}}
 	for _, s := range servers {
 		for _, m := range mixes {
-			b.Run(s.name+"/"+m.name, func(b *testing.B) {
-				addr := serveTB(b, s.new(b), serveUnderLoadOptions...)
-				driveChild(b, loadBin, addr, 2000, 32, m.failRate) // warm-up: connections, stacks, heap
-				b.ResetTimer()
-				cpu := selfCPU()
-				r := driveChild(b, loadBin, addr, b.N, 32, m.failRate)
-				cpu = selfCPU() - cpu
-				b.StopTimer()
-				b.ReportMetric(cpu*1e9/float64(b.N), "cpu-ns/op")
-				b.ReportMetric(cpu*1e9/float64(r.Attempts), "cpu-ns/attempt")
-				b.ReportMetric(r.MsgP99us, "msg-p99-µs")
-			})
+			for _, so := range serveUnderLoadOptions {
+				b.Run(s.name+"/"+m.name+"/"+so.name, func(b *testing.B) {
+					addr := serveTB(b, s.new(b), so.opts...)
+					driveChild(b, loadBin, addr, 2000, 32, m.failRate) // warm-up: connections, stacks, heap
+					b.ResetTimer()
+					cpu := selfCPU()
+					r := driveChild(b, loadBin, addr, b.N, 32, m.failRate)
+					cpu = selfCPU() - cpu
+					b.StopTimer()
+					b.ReportMetric(cpu*1e9/float64(b.N), "cpu-ns/op")
+					b.ReportMetric(cpu*1e9/float64(r.Attempts), "cpu-ns/attempt")
+					b.ReportMetric(r.MsgP99us, "msg-p99-µs")
+				})
+			}
 		}
 	}
 }
