@@ -121,6 +121,25 @@ type keyState struct {
 	ID        string `json:"id"`
 	Available bool   `json:"available"`
 	Reason    string `json:"reason"`
+	// Models are the models the key has state of its own for: a rate limit cools a
+	// key for the request's model when Envoy read it from the JSON body.
+	Models []struct {
+		Phase  string `json:"phase"`
+		Reason string `json:"reason"`
+	} `json:"models"`
+}
+
+// cooling reports whether the key cools down for reason, for every model or for one.
+func (k keyState) cooling(reason string) bool {
+	if !k.Available && k.Reason == reason {
+		return true
+	}
+	for _, m := range k.Models {
+		if m.Phase == "cooling" && m.Reason == reason {
+			return true
+		}
+	}
+	return false
 }
 
 // adminKeys lists pool's keys as replica i's admin API sees them.

@@ -177,11 +177,9 @@ func TestProvidersFailOver(t *testing.T) {
 						t.Error("the provider got a ?key= the pool did not send")
 					}
 				}
-				// Let key 1's one-second cooldown pass before the streamed run.
-				waitFor(t, "key 1 to return", 5*time.Second, func() bool {
-					ks, err := tg.adminKeys(testCtx(t), 0, pc.pool)
-					return err == nil && ks[tg.keys[pc.pool][0].ID].Available
-				})
+				// Let key 1's one-second cooldown pass before the next run, for the
+				// request's model too (the model is known: path or JSON body).
+				tg.waitKeyNotCooling(t, pc.pool, 0)
 			}
 
 			// Every key rate limited: the provider's own error shape, with the wait.

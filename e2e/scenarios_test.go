@@ -87,7 +87,7 @@ func TestRateLimitedKeyFailsOverAndCools(t *testing.T) {
 				waitFor(t, fmt.Sprintf("replica %d to see key 1 cooling", i+1), 5*time.Second, func() bool {
 					ks, err := tg.adminKeys(testCtx(t), i, c.pool)
 					k := ks[tg.keys[c.pool][0].ID]
-					return err == nil && !k.Available && k.Reason == "rate_limited"
+					return err == nil && k.cooling("rate_limited")
 				})
 			}
 			if err := tg.mock.ClearRequests(testCtx(t)); err != nil {

@@ -1,24 +1,35 @@
 // Package envoy holds the Envoy configuration that envoy-keypool ships to users and
 // the code that reads, checks and generates it. It knows the envoy-keypool config
 // (package config) and go-control-plane's types; it knows nothing of keys, Redis or
-// the ext_proc server's code.
+// the ext_proc server's code. The Envoy behaviour all of it relies on is listed, with
+// the Envoy 1.37 source file of each point, in BEHAVIOUR.md next to this file.
 //
 // # What it owns
-//
-//   - LoadBootstrap / ParseBootstrap: Envoy YAML into go-control-plane's Bootstrap as
-//     Envoy reads it: unknown fields refused, typed configs resolved, every message
-//     (those inside typed configs too) checked with the protos' validation rules.
 //
 //   - Generate / MarshalYAML / WriteConfig: the Envoy bootstrap for an envoy-keypool
 //     config, as typed messages, rendered as stable YAML. `envoy-keypool envoy-config
 //     --config FILE` is WriteConfig.
+//
+//   - LoadBootstrap / ParseBootstrap: Envoy YAML into go-control-plane's Bootstrap as
+//     Envoy reads it: unknown fields refused, typed configs resolved, every message
+//     (those inside typed configs too) checked with the protos' validation rules. For
+//     the project's own files and the stand-in.
+//
+//   - LoadEnvoyConfig / ParseEnvoyConfig: what `envoy-keypool check-envoy` reads: a
+//     bootstrap in YAML or JSON, or the JSON of Envoy's admin /config_dump (listeners,
+//     clusters and RDS route tables of a running Envoy, its version checked). Typed
+//     configs of extensions this build does not link (a mesh's own filters) stay
+//     opaque instead of failing; input that is no Envoy configuration is an error
+//     wrapping ErrNotEnvoyConfig, a dump of an Envoy older than 1.37 ErrEnvoyVersion.
 //
 //   - CheckLoad: what Envoy itself refuses at load time beyond the protos (routes and
 //     ext_proc filters naming missing clusters, a gRPC cluster not on HTTP/2, filter
 //     chains not ending with the router or the upstream codec).
 //
 //   - CheckKeypool: what envoy-keypool needs of an Envoy configuration, given its own
-//     config (below).
+//     config: every rule below, checked where Envoy reads it. Both checks return their
+//     findings as *Problem values (field path + message) joined in one error; Problems
+//     lists them.
 //
 //   - The shipped files, all generated: envoy.yaml from config/example.yaml (the real
 //     providers over TLS) and compose/envoy.yaml from compose/keypool.yaml (the
@@ -39,69 +50,80 @@
 //
 // It needs Envoy 1.37 or later: ext_proc as an upstream filter answers with local
 // replies since 1.36.0 and no longer breaks retries since 1.37.0, and the cluster
-// retry policy is new in 1.37.0 (see ../shared/ENVOY.md and the 1.37.0 changelog).
+// retry policy is new in 1.37.0.
 //
 // One listener (envoy.listen) with one virtual host; per pool one route, prefix
 // route.prefix rewritten to "/" with the Host of route.upstream, to one cluster named
-// after the pool. Each provider cluster's HttpProtocolOptions carries
+// after the pool; the envoy_keypool cluster of replicas. Each provider cluster's
+// HttpProtocolOptions carries
 //
 //   - http_filters: the envoy-keypool ext_proc filter, then
 //     envoy.filters.http.upstream_codec. A cluster's chain replaces the router's
-//     upstream_http_filters, and Envoy refuses a chain not ending with the codec. The
-//     filter names its pool in grpc_service.initial_metadata (key
-//     envoy.pool_metadata_key), sent on every Process() stream: configuration the
-//     client cannot touch. Request and response headers SEND, bodies NONE, trailers
-//     SKIP: a streamed completion never waits for envoy-keypool.
-//     message_timeout 200ms (Envoy's default, written out: envoy-keypool's Redis
-//     timeout is bounded by it); failure_mode_allow false, so a request envoy-keypool
-//     did not see never leaves keyless (the client gets 500 on a broken stream, 504 on
-//     a timeout).
-//   - retry_policy: the key failover. See "Retries" below.
+//     upstream_http_filters, and Envoy refuses a chain not ending with the codec;
+//   - retry_policy: the key failover (Retries, below).
 //
-// Providers are LOGICAL_DNS clusters (one name, connections following DNS, as Envoy
-// recommends for large web services), HTTP/1.1, IPv4 preferred. An https upstream
-// gets TLS with SNI and the certificate checked against envoy.ca_file AND the host
-// name (match_typed_subject_alt_names): with trusted_ca alone Envoy checks the chain,
-// not the name (tls/v3/common.proto), and keys would go to any host with any
-// certificate from a public CA.
+// # The envoy-keypool filter
 //
-// The envoy_keypool cluster lists envoy.keypool_addresses (STRICT_DNS: every replica
-// an endpoint), speaks HTTP/2 (explicit_http_config, as gRPC needs), and is health
-// checked with the standard gRPC health service (service "") every 5s, also before it
-// carries traffic (no_traffic_interval, default 60s, lowered so a replica that starts
-// after Envoy is found at once). Its circuit breaker max_requests is 1024 per pool:
-// every provider attempt in flight holds one ext_proc stream until the provider's
-// response headers, and a stream past max_requests fails the attempt with 500.
+// Named "envoy-keypool" in the cluster's chain (KeypoolFilterName): Envoy applies a
+// route's typed_per_filter_config to upstream filters by name too, and under the
+// conventional envoy.filters.http.ext_proc a route's ExtProcPerRoute meant for another
+// ext_proc filter (disabled: true) would switch envoy-keypool off. It names its pool in grpc_service.initial_metadata (key envoy.pool_metadata_key),
+// sent on every Process() stream: configuration the client cannot touch. Request and
+// response headers SEND, bodies NONE, trailers SKIP: a streamed completion never
+// waits for envoy-keypool. message_timeout 200ms (Envoy's default, written out:
+// envoy-keypool's Redis timeout is bounded by it; it also covers opening the stream
+// and its connection). failure_mode_allow false, so a request envoy-keypool did not
+// see never leaves keyless (the client gets 500 on a broken stream, 504 on a
+// timeout).
 //
-// The connection manager sets use_remote_address: Envoy is the edge and, since 1.33,
-// trusts no client address by default, so it replaces any client x-request-id with a
-// fresh one (envoy-keypool keys a request's tried keys by it; an id propagated by a
-// client would make two requests share them) and drops client x-envoy-retry-on,
-// x-envoy-max-retries and x-envoy-upstream-rq-timeout-ms (header_sanitizing in the
-// connection manager docs).
+// request_attributes [request.time]: the downstream request's start on the first
+// message of every attempt's stream (the upstream filter evaluates attributes with the
+// downstream stream info), so envoy-keypool times a request from its start.
 //
-// # Retries
+// With envoy.classify_error_bodies (default true): allow_mode_override true, with
+// allowed_override_modes holding the one mode
+// envoy-keypool may switch to (FailureBodyMode: the response body BUFFERED): on a
+// failure status envoy-keypool answers the response headers with mode_override to
+// read the error body (quota or rate limit, Gemini's bad key, retryDelay) before it
+// decides. Envoy compares the whole effective mode with the list, so nothing else can
+// be asked. The buffered body is bounded by Envoy's stream buffer limit (the route's
+// request_body_buffer_limit, shared with the request side: the upstream filter
+// manager takes the downstream limit); past it Envoy answers 500, which is why
+// envoy-keypool asks only for bodies with a small known content-length.
+//
+// metadata_options.forwarding_namespaces.untyped [envoy-keypool], for the pools whose
+// provider names its model in the JSON body: the model the body filter read (below),
+// on every headers message of every attempt.
+//
+// grpc_service.retry_policy: a stream that cannot be opened on one replica is opened
+// on another (A replica going away, below).
+//
+// # Retries: the key failover
 //
 // Placement: on the provider cluster (HttpProtocolOptions.retry_policy, Envoy ≥
 // 1.37), not on the route. The policy exists because of the cluster's ext_proc filter
 // and its num_retries is the size of the pool that filter names: kept side by side,
 // they cannot drift apart, and every route a user adds to the cluster gets the key
 // failover without copying it. A cluster policy replaces the route's entirely (no
-// merge, http_protocol_options.proto), so a route-level policy on these clusters has
-// no effect; its per_try_timeout would be ignored, and none is wanted (below).
-// CheckKeypool accepts the policy on the cluster, the route or the virtual host,
-// checking the one Envoy applies.
+// merge), so a route-level policy on these clusters has no effect; its per_try_timeout
+// would be ignored, and none is wanted (Timeouts). CheckKeypool accepts the policy on
+// the cluster, the route or the virtual host, checking the one Envoy applies.
 //
-//   - retry_on: retriable-headers only, on retriable_headers {name:
-//     envoy.retry_marker_header, present_match: true}. envoy-keypool adds the marker
+//   - retry_on: retriable-headers, on retriable_headers {name:
+//     envoy.retry_marker_header, present_match: true}: envoy-keypool adds the marker
 //     after a 401/403/429, which the provider answered before running (and billing)
-//     the request. reset, connect-failure and 5xx are left out: an LLM call is not
-//     idempotent and a retry after a reset may run and bill it twice; the official
-//     SDKs already retry connection errors and 5xx themselves, knowing their call.
-//     CheckKeypool allows only conditions that retry what the provider never ran.
-//   - num_retries: the pool's size. One attempt per key, and one more: after the last
-//     key failed, that attempt finds no usable key and envoy-keypool answers it with
-//     the provider-shaped exhaustion error, a local reply Envoy never retries.
+//     the request. And reset-before-request: a reset before any byte of the request
+//     left Envoy, which no provider saw; a failed connect falls through to the same
+//     condition. Nothing else: 5xx, gateway-error and reset (after the request left)
+//     retry what the provider may have run, and an LLM call is not idempotent; the
+//     official SDKs retry those themselves, knowing their call. CheckKeypool flags any
+//     condition that may bill twice, retriable_status_codes beyond 401/403/429, and
+//     conditions Envoy does not know (it ignores them silently).
+//   - num_retries: the pool's size plus one. One attempt per key, and one more: after
+//     the last key failed, that attempt finds no usable key and envoy-keypool answers
+//     it with the provider-shaped exhaustion error, a local reply Envoy never retries;
+//     and one for a reset before the request left, which uses a retry but no key.
+//     CheckKeypool requires at least the pool's size.
 //   - retry_back_off: 10ms base, 100ms max, fully jittered (Envoy's default is 25ms
 //     base, 250ms max). The next attempt uses another key; the back-off only spreads
 //     the retries of a 429 storm.
@@ -113,12 +135,145 @@
 //     proxied but never retried, so its key failure reaches the client. Since 1.36 the
 //     limit may exceed per_connection_buffer_limit_bytes (1 MiB). Memory is held per
 //     request in flight, only as long as it is.
-//   - circuit breaker max_retries: 1024, Envoy's max_requests default, instead of 3.
-//     When a key hits its rate limit every request in flight on it fails over at once;
-//     past max_retries Envoy forwards the 429 instead (upstream_rq_retry_overflow).
-//     More retries than requests cannot be in flight.
 //   - response_headers_to_remove: the marker, on the route table. It exists for the
 //     router's decision and would reach the client when retries run out or overflow.
+//
+// # Provider clusters
+//
+// LOGICAL_DNS (one name, connections following DNS, as Envoy recommends for large web
+// services), HTTP/1.1, IPv4 preferred. An https upstream gets TLS with SNI and the
+// certificate checked against envoy.ca_file AND the host name
+// (match_typed_subject_alt_names): with trusted_ca alone Envoy checks the chain, not
+// the name, and keys would go to any host with any certificate from a public CA. The
+// host is route.upstream's, so a provider with a host per resource (Azure OpenAI's
+// https://RESOURCE.openai.azure.com) gets its own SNI and name check.
+//
+// Idle connections are closed after route.idle_timeout (default 60s; Envoy's default
+// is 1 h). A provider closes a keep-alive connection it has not used for a while; if
+// Envoy sends the next request on it just then, the reset comes after the request
+// left, which must not be retried, and the client gets a 503. Envoy closing first
+// avoids the race. The default is below every front end the public providers sit
+// behind: Cloudflare closes idle client connections after 400 s (OpenAI and Anthropic
+// answer through it), the Google Front End after 610 s (Gemini), Azure's load balancer
+// after 4 min. Self-hosted servers are shorter (uvicorn, which serves vLLM, after
+// 5 s): set route.idle_timeout below theirs.
+//
+// Circuit breakers, from N = route.max_concurrent_requests (default 1024, Envoy's
+// max_requests default), the requests one Envoy carries to the provider at once:
+//
+//	max_connections = N       HTTP/1.1: one request per connection, and a request has
+//	                          one attempt in flight at a time (a retry starts after
+//	                          its attempt ended)
+//	max_pending_requests = N  a burst may wait for N new connections at once
+//	max_requests = N
+//	max_retries = N           when a key hits its rate limit every request in flight
+//	                          on it fails over at once; Envoy's default of 3 forwards
+//	                          the 429 of the fourth (upstream_rq_retry_overflow)
+//
+// Past max_connections a request waits for a connection to free up (it is pending);
+// past max_pending_requests or max_requests Envoy answers 503 at once, never retried,
+// instead of queueing without bound. The limits are per Envoy process: size N for one
+// Envoy, not the fleet.
+//
+// # The envoy-keypool cluster
+//
+// envoy.keypool_addresses: host:port entries make a STRICT_DNS cluster (every address
+// a name resolves to is a replica of its own, health checked on its own); unix:/path
+// entries (envoy-keypool listening on a Unix socket, a sidecar sharing a volume) a
+// STATIC cluster of pipe addresses. HTTP/2 (explicit_http_config), as gRPC needs.
+// envoy.keypool_tls adds a TLS transport socket: the replica's certificate checked
+// against ca_file and the one server_name (SNI and DNS SAN), Envoy's client
+// certificate for mutual TLS, ALPN h2 (gRPC servers refuse TLS without it).
+//
+// Circuit breakers: max_requests = max_pending_requests = max_retries = ΣN over the
+// pools. Every provider attempt in flight holds one ext_proc stream until the
+// provider's response headers (or its error body, when envoy-keypool asks for it);
+// past max_requests or max_pending_requests the stream fails and the attempt answers
+// 500; and when a replica goes, all of its streams may retry on another at once.
+//
+// Health checks: the standard gRPC health service (service ""), interval 5s, timeout
+// 1s, no jitter, unhealthy_threshold 2, healthy_threshold 1, no_traffic_interval 5s
+// (default 60s, lowered so a replica that starts after Envoy is found at once). A
+// NOT_SERVING answer takes the replica out on the first failed check: the threshold
+// counts only network failures (refused connections, timeouts).
+//
+// # A replica going away
+//
+// Draining (SIGTERM): envoy-keypool answers NOT_SERVING at once and keeps serving new
+// streams for shutdown.drain_delay. The replica is out of Envoy's load balancing after
+// its next health check, so
+//
+//	shutdown.drain_delay ≥ interval + interval_jitter + timeout = 5s + 0 + 1s
+//
+// plus a margin for a loaded host and the update reaching every worker thread:
+// envoy-keypool's default is 10s. After the drain it stops gracefully: a stream opened
+// in the race is refused (GOAWAY, REFUSED_STREAM) and retried on another replica.
+//
+// grpc_service.retry_policy on every envoy-keypool filter: retry_on
+// connect-failure,refused-stream,reset,unavailable, 2 retries, back-off 5ms to 25ms,
+// another replica each time (previous_hosts predicate, up to 3 host selections). It
+// covers a connection refused or timed out, a stream refused, a stream reset before
+// the replica answered (the replica died holding it) and a trailers-only UNAVAILABLE.
+// A retry bills nothing: no provider request depends on a message that got no answer.
+// Envoy's default back-off for this policy is 1 s, past message_timeout, which the
+// retries must fit in; so must the connect to a replica that is gone: connect_timeout
+// 100ms (envoy-keypool runs next to Envoy; a connection takes a millisecond or two,
+// TLS included).
+//
+// HTTP/2 keepalive (connection_keepalive interval 10s, timeout 3s): a replica that
+// vanished without closing its connections (host down, network cut) stops receiving
+// streams once a PING goes unanswered, instead of each stream failing after
+// message_timeout. envoy-keypool's server accepts client pings 5 s apart or more and
+// Envoy's jitter only lengthens the interval.
+//
+// What still costs a request: a stream is retried only until the replica answers its
+// first message. A replica that dies (SIGKILL, OOM) while it holds streams past their
+// request-headers answer (waiting for the provider's response headers) breaks them,
+// and Envoy answers each of those requests 500 at once (ext_proc with
+// failure_mode_allow false). Draining on SIGTERM keeps this to crashes (SIGKILL, out
+// of memory, a node lost); no Envoy setting retries a stream that has been answered.
+//
+// # The model of a JSON body
+//
+// For OpenAI-style and Anthropic requests the model is in the body. The connection
+// manager runs envoy.filters.http.json_to_metadata before the router: it reads the
+// body's "model" (a string up to 8 KiB) into dynamic metadata envoy-keypool/model,
+// which the ext_proc filters forward; the body still goes to the router and is
+// buffered there for retries. Nothing reaches the provider and a client cannot set
+// it. Content types application/json and application/json;… (allow_content_types is
+// an exact match; the SDKs send "application/json; charset=utf-8").
+//
+// json_to_metadata buffers the whole body before the route runs, and past the stream's
+// buffer limit Envoy would answer 413 instead of proxying the request. So it is
+// wrapped in a matcher (ExtensionWithMatcher) that skips it unless content-length is
+// a decimal number up to the largest d·10^k − 1 within request_body_buffer_limit
+// (29,999,999 for 32 MiB; the regex stays within Envoy's RE2 program size limit). A
+// skipped request, a body without a string "model", or one that is not JSON sets
+// nothing and the request proceeds: envoy-keypool scopes its failures key-wide. Routes
+// of providers that name the model in the path (Gemini) disable the filter
+// (typed_per_filter_config, FilterConfig disabled).
+//
+// # What the provider learns about the client
+//
+// The connection manager sets use_remote_address: Envoy is the edge and, since 1.33,
+// trusts no client address by default, so it replaces any client x-request-id with a
+// fresh one (envoy-keypool keys a request's tried keys by it; an id propagated by a
+// client would make two requests share them) and drops client x-envoy-retry-on,
+// x-envoy-max-retries and x-envoy-upstream-rq-timeout-ms. No internal_address_config:
+// set, even empty, it makes clients internal (empty: every private, loopback and
+// unique-local address), and internal clients keep their x-request-id.
+//
+// Removed before the provider: x-forwarded-for, x-forwarded-proto and
+// x-envoy-external-address (the route table's request_headers_to_remove, applied by
+// the router before the upstream filters); x-envoy-expected-rq-timeout-ms and
+// x-envoy-original-path (the router's suppress_envoy_headers, which also drops
+// x-envoy-upstream-service-time from responses). Still sent: the client's own request
+// headers and body (credentials excepted: envoy-keypool replaces them with the pool's
+// key); x-request-id (a random UUID, needed by envoy-keypool in the upstream filter
+// and set before it, so it cannot be removed after); x-envoy-attempt-count (set by the
+// router on every attempt whatever suppress_envoy_headers says; only an ext_proc
+// mutation could remove it, and x-envoy-* headers are not mutable by default). The
+// provider sees Envoy's address.
 //
 // # Timeouts
 //

@@ -12,9 +12,6 @@ import (
 	"github.com/envoy-keypool/envoy-keypool/config"
 )
 
-// typeExtProc is the type URL of the ext_proc filter's configuration.
-const typeExtProc = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-
 // WriteConfig writes the Envoy bootstrap generated from cfg as YAML, with a header
 // naming source (the envoy-keypool config file, as given to the command) so that a
 // reader knows how to regenerate it. It is `envoy-keypool envoy-config --config FILE`.
@@ -36,9 +33,9 @@ func WriteConfig(w io.Writer, cfg *config.Config, source string) error {
 // bootstrap always gives the same bytes. It begins with a comment saying the file is
 // generated from source and by which command.
 //
-// protojson leaves out proto3 zero values. Two of them are what a reader of the file
+// protojson leaves out proto3 zero values. Some of them are what a reader of the file
 // must see, so they are written back: ext_proc's failure_mode_allow: false and its
-// body modes NONE.
+// body modes NONE (in processing_mode and in allowed_override_modes).
 func MarshalYAML(bs *bootstrapv3.Bootstrap, source string) ([]byte, error) {
 	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(bs)
 	if err != nil {
@@ -81,9 +78,15 @@ func blockStyle(n *yaml.Node) {
 func writeBackDefaults(n *yaml.Node) {
 	if n.Kind == yaml.MappingNode && mappingValue(n, "@type") != nil && mappingValue(n, "@type").Value == typeExtProc {
 		setIfAbsent(n, "failure_mode_allow", scalar("!!bool", "false"), "message_timeout")
-		if pm := mappingValue(n, "processing_mode"); pm != nil && pm.Kind == yaml.MappingNode {
-			setIfAbsent(pm, "request_body_mode", scalar("!!str", "NONE"), "response_header_mode")
-			setIfAbsent(pm, "response_body_mode", scalar("!!str", "NONE"), "request_body_mode")
+		modes := []*yaml.Node{mappingValue(n, "processing_mode")}
+		if list := mappingValue(n, "allowed_override_modes"); list != nil && list.Kind == yaml.SequenceNode {
+			modes = append(modes, list.Content...)
+		}
+		for _, pm := range modes {
+			if pm != nil && pm.Kind == yaml.MappingNode {
+				setIfAbsent(pm, "request_body_mode", scalar("!!str", "NONE"), "response_header_mode")
+				setIfAbsent(pm, "response_body_mode", scalar("!!str", "NONE"), "request_body_mode")
+			}
 		}
 	}
 	for _, c := range n.Content {

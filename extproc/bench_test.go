@@ -6,20 +6,20 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"cdr.dev/slog/v3"
 	"cdr.dev/slog/v3/sloggers/slogjson"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/envoy-keypool/envoy-keypool/extproc"
+	"github.com/envoy-keypool/envoy-keypool/internal/extprocfixture"
 	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 	"github.com/envoy-keypool/envoy-keypool/providers"
@@ -34,38 +34,52 @@ import (
 //
 //   - passthrough: the baseline, a server that answers every message with an empty
 //     answer of its kind. Its cost is the cost of any ext_proc hop.
-//   - keypool/first: envoy-keypool with in-memory state, a first attempt and a
-//     healthy key (the hot path), answered 200.
-//   - keypool/failover: the attempt is answered 429, so the server marks the key and
-//     adds the retry marker (one info log line, as in production).
+//   - keypool/healthy: envoy-keypool with in-memory state, a first attempt and a
+//     healthy key (the hot path), answered 200 with OpenAI's rate-limit headers,
+//     which headroom steering reads.
+//   - keypool/healthy-without-headroom: the same, with a provider that ignores the
+//     rate-limit headers: healthy/healthy-without-headroom is headroom's cost.
+//   - keypool/failover: the attempt is answered 429 with a Retry-After, so the server
+//     cools the key and adds the retry marker (one info log line, as in production).
 //
 // Read keypool/*/passthrough as the share of the hop that envoy-keypool adds.
 func BenchmarkProcessStream(b *testing.B) {
+	healthy := extprocfixture.ResponseHeaders(200, extprocfixture.OpenAIHeadroom()...)
 	tests := []struct {
 		name   string
-		status int
+		resp   *extprocv3.ProcessingRequest
 		server func(*fakeclock.Clock) extprocv3.ExternalProcessorServer
 		// wantMarker: the answer to the response headers asks Envoy to retry.
 		wantMarker bool
 	}{
-		{name: "passthrough", status: 200, server: func(*fakeclock.Clock) extprocv3.ExternalProcessorServer { return extproc.PassThrough{} }},
-		{name: "keypool/first", status: 200, server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
-		{name: "keypool/failover", status: 429, wantMarker: true,
-			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer { return benchKeypoolServer(b, c) }},
+		{name: "passthrough", resp: healthy, server: func(*fakeclock.Clock) extprocv3.ExternalProcessorServer { return extproc.PassThrough{} }},
+		{name: "keypool/healthy", resp: healthy,
+			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer {
+				return benchKeypoolServer(b, c, providers.OpenAI{})
+			}},
+		{name: "keypool/healthy-without-headroom", resp: healthy,
+			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer {
+				return benchKeypoolServer(b, c, noHeadroomProvider{providers.OpenAI{}})
+			}},
+		{name: "keypool/failover", resp: extprocfixture.ResponseHeaders(429, "retry-after", "20"), wantMarker: true,
+			server: func(c *fakeclock.Clock) extprocv3.ExternalProcessorServer {
+				return benchKeypoolServer(b, c, providers.OpenAI{})
+			}},
 	}
 	for _, tt := range tests {
 		b.Run(tt.name, func(b *testing.B) {
 			clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 			client := benchServe(b, tt.server(clock))
 			ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs("x-keypool-pool", "openai"))
-			resp := benchResponseHeaders(tt.status)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := benchCPU()
 			for i := 0; b.Loop(); i++ {
-				// The failed key is back a minute later, so every iteration fails over
-				// from the same first key instead of walking the pool to exhaustion.
-				clock.Advance(time.Minute)
-				marker, err := benchAttempt(ctx, client, benchRequestHeaders("bench-"+strconv.Itoa(i), 1), resp)
+				// The failed key's state is over (cooldown and probe window) a few
+				// hours later, so every iteration fails over from the same first key
+				// instead of walking the pool to exhaustion.
+				clock.Advance(3 * time.Hour)
+				marker, err := benchAttempt(ctx, client, extprocfixture.RequestHeaders(extprocfixture.Names{}, "bench-"+strconv.Itoa(i), 1), tt.resp)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -73,8 +87,27 @@ func BenchmarkProcessStream(b *testing.B) {
 					b.Fatalf("retry marker %v, want %v", marker, tt.wantMarker)
 				}
 			}
+			b.ReportMetric(float64(benchCPU()-cpu)/float64(b.N), "cpu-ns/op")
 		})
 	}
+}
+
+// benchCPU is the process's CPU time (user and system, GC included), client and
+// server alike: on a shared machine, wall time per op follows the other processes'
+// load, CPU time much less.
+func benchCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// noHeadroomProvider reads no headroom: the baseline of headroom's cost.
+type noHeadroomProvider struct{ providers.Provider }
+
+func (noHeadroomProvider) Headroom(providers.Headers, time.Time) keypool.Headroom {
+	return keypool.Headroom{}
 }
 
 // benchAttempt plays one attempt and reports whether the answer to the response
@@ -109,50 +142,9 @@ func benchAttempt(ctx context.Context, client extprocv3.ExternalProcessorClient,
 	return marker, nil
 }
 
-// benchRequestHeaders are an OpenAI SDK chat completion's headers as Envoy sends
-// them upstream: 14 headers, the client's placeholder credential among them.
-func benchRequestHeaders(requestID string, attempt int) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
-		RequestHeaders: &extprocv3.HttpHeaders{Headers: benchHeaderMap(
-			":method", "POST",
-			":path", "/v1/chat/completions",
-			":authority", "api.openai.com",
-			":scheme", "https",
-			"content-type", "application/json",
-			"content-length", "187",
-			"accept", "application/json",
-			"user-agent", "OpenAI/Python 1.99.0",
-			"authorization", "Bearer sk-placeholder-from-the-sdk",
-			"x-stainless-lang", "python",
-			"x-forwarded-proto", "https",
-			"x-envoy-expected-rq-timeout-ms", "600000",
-			"x-request-id", requestID,
-			"x-envoy-attempt-count", strconv.Itoa(attempt),
-		)},
-	}}
-}
-
-func benchResponseHeaders(code int) *extprocv3.ProcessingRequest {
-	return &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
-		ResponseHeaders: &extprocv3.HttpHeaders{Headers: benchHeaderMap(
-			":status", strconv.Itoa(code), "content-type", "application/json", "x-request-id", "upstream-id",
-		)},
-	}}
-}
-
-func benchHeaderMap(kv ...string) *corev3.HeaderMap {
-	hm := &corev3.HeaderMap{Headers: make([]*corev3.HeaderValue, 0, len(kv)/2)}
-	for i := 0; i+1 < len(kv); i += 2 {
-		hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: kv[i], RawValue: []byte(kv[i+1])})
-	}
-	return hm
-}
-
-// benchClock is a clock the benchmark moves forward; the zero value starts at a
-// fixed date.
 // benchKeypoolServer is envoy-keypool as `serve` wires it with in-memory state: a
 // pool of 4 keys, JSON logs at info level (written nowhere), unregistered metrics.
-func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {
+func benchKeypoolServer(b *testing.B, clock keypool.Clock, prov providers.Provider) *extproc.Server {
 	b.Helper()
 	keys := make([]keypool.Key, 4)
 	for i := range keys {
@@ -163,14 +155,14 @@ func benchKeypoolServer(b *testing.B, clock keypool.Clock) *extproc.Server {
 	if err != nil {
 		b.Fatal(err)
 	}
-	statuses := providers.DefaultFailureStatuses()
 	srv, err := extproc.NewServer(extproc.Options{
-		Targets: map[string]*extproc.Target{"openai": {Pool: pool, Provider: providers.OpenAI{},
-			FailsOver: func(s int) bool { return slices.Contains(statuses, s) }}},
+		Targets: map[string]*extproc.Target{"openai": {Pool: pool, Provider: prov}},
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
-		Logger:  slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo),
-		Metrics: extproc.NewMetrics(nil),
+		Logger:   slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo),
+		LogLevel: slog.LevelInfo,
+		Metrics:  extproc.NewMetrics(nil),
+		Clock:    clock,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -201,6 +193,3 @@ func benchServe(b *testing.B, srv extprocv3.ExternalProcessorServer) extprocv3.E
 	})
 	return extprocv3.NewExternalProcessorClient(conn)
 }
-
-// benchPassThrough is the baseline: an ext_proc server that answers every message
-// with an empty answer of its kind, so Envoy carries on unchanged.

@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,7 +17,7 @@ import (
 func fuzzServer(t testing.TB) *Server {
 	t.Helper()
 	targets := map[string]*Target{}
-	for _, name := range []string{"openai", "anthropic"} {
+	for _, name := range []string{"openai", "anthropic", "gemini"} {
 		pool, err := keypool.NewPool(keypool.PoolOptions{Name: name, Keys: []keypool.Key{
 			keypool.NewKey(name, "a", "fuzz-key-value-aaaaaaaaaaaa"), keypool.NewKey(name, "b", "fuzz-key-value-bbbbbbbbbbbb"),
 		}})
@@ -24,10 +25,9 @@ func fuzzServer(t testing.TB) *Server {
 			t.Fatal(err)
 		}
 		prov, _ := providers.New(name)
-		targets[name] = &Target{Pool: pool, Provider: prov, AllowBYOK: name == "anthropic",
-			FailsOver: func(s int) bool { _, ok := providers.FailureReason(s); return ok }}
+		targets[name] = &Target{Pool: pool, Provider: prov, AllowBYOK: name == "anthropic", ModelHeader: "x-keypool-model"}
 	}
-	s, err := NewServer(Options{Targets: targets, Headers: Headers{
+	s, err := NewServer(Options{Targets: targets, ClassifyBodies: true, Headers: Headers{
 		PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 		AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry",
 	}})
@@ -64,8 +64,21 @@ func FuzzAttemptHandle(f *testing.F) {
 		ResponseHeaders: hdrs(":status", "429", "retry-after", "5", "x-ratelimit-reset-tokens", "6m0s")}})
 	body := seedMessage(f, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{
 		RequestBody: &extprocv3.HttpBody{Body: []byte("{}")}}})
+	sizedRespH := seedMessage(f, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: hdrs(":status", "429", "content-length", "120")}})
+	gemini400 := seedMessage(f, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{
+		ResponseHeaders: hdrs(":status", "400", "content-length", "300")}})
+	errBody := seedMessage(f, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
+		ResponseBody: &extprocv3.HttpBody{Body: []byte(`{"error":{"message":"quota","type":"insufficient_quota","code":"insufficient_quota"}}`), EndOfStream: true}}})
+	geminiBody := seedMessage(f, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
+		ResponseBody: &extprocv3.HttpBody{Body: []byte(`{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}`), EndOfStream: true}}})
+	geminiReqH := seedMessage(f, &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestHeaders{
+		RequestHeaders: hdrs(":path", "/v1beta/models/gemini-2.0-flash:generateContent?key=client&alt=sse", "x-request-id", "g", "x-envoy-attempt-count", "1")}})
 	f.Add("openai", reqH, respH, body)
 	f.Add("anthropic", reqH, respH, respH)
+	f.Add("openai", reqH, sizedRespH, errBody)
+	f.Add("gemini", geminiReqH, gemini400, geminiBody)
+	f.Add("gemini", geminiReqH, sizedRespH, []byte{})
 	f.Add("nope", respH, reqH, []byte{})
 	f.Add("", []byte{0xff, 0x01}, reqH, reqH)
 	f.Fuzz(func(t *testing.T, pool string, m1, m2, m3 []byte) {
@@ -113,4 +126,33 @@ func answerMatches(req *extprocv3.ProcessingRequest, resp *extprocv3.ProcessingR
 		return resp.GetResponseTrailers() != nil
 	}
 	return false
+}
+
+// FuzzRequestView checks the one-pass view of the request headers against a plain
+// lookup: every header the server or a provider may ask for reads the same.
+func FuzzRequestView(f *testing.F) {
+	f.Add([]byte("authorization\x00Bearer a\x00:path\x00/v1?key=x\x00x-request-id\x00r\x00authorization\x00Bearer b"))
+	f.Add([]byte("x-keypool-model\x00gpt-4o\x00x-api-key\x00k\x00x-envoy-attempt-count\x002"))
+	f.Add([]byte(""))
+	names := &requestNames{requestID: "x-request-id", attempt: "x-envoy-attempt-count", model: "x-keypool-model"}
+	copy(names.credentials[:], providers.CredentialHeaders())
+	lookups := append([]string{":path", "x-request-id", "x-envoy-attempt-count", "x-keypool-model", "content-type", ""},
+		providers.CredentialHeaders()...)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		parts := strings.Split(string(raw), "\x00")
+		hm := &corev3.HeaderMap{}
+		for i := 0; i+1 < len(parts); i += 2 {
+			hm.Headers = append(hm.Headers, &corev3.HeaderValue{Key: parts[i], RawValue: []byte(parts[i+1])})
+		}
+		v := readRequest(hm.Headers, names)
+		plain := headerView{hm.Headers}
+		for _, name := range lookups {
+			if got, want := v.Get(name), plain.Get(name); got != want {
+				t.Fatalf("Get(%q) = %q, want %q", name, got, want)
+			}
+		}
+		if got, want := headerValue(v.model), plain.Get(names.model); got != want {
+			t.Fatalf("model header %q, want %q", got, want)
+		}
+	})
 }

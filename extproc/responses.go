@@ -46,3 +46,9 @@ func immediate(r providers.Response, details string) *extprocv3.ProcessingRespon
 		},
 	}}
 }
+
+func continueResponseBody(m *extprocv3.HeaderMutation) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
+		ResponseBody: &extprocv3.BodyResponse{Response: &extprocv3.CommonResponse{HeaderMutation: m}},
+	}}
+}

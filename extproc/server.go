@@ -3,10 +3,13 @@ package extproc
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"cdr.dev/slog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -23,8 +26,10 @@ type Target struct {
 	// AllowBYOK lets a request that carries the client's own credential through
 	// untouched (and never fails it over).
 	AllowBYOK bool
-	// FailsOver reports whether an upstream status marks the key and retries.
-	FailsOver func(status int) bool
+	// ModelHeader is the lower-case request header that names the request's model
+	// (for per-model cooldowns), removed before the request goes upstream. Empty:
+	// none is read.
+	ModelHeader string
 }
 
 // Headers names the headers and metadata the server and the Envoy configuration
@@ -42,24 +47,45 @@ type Headers struct {
 
 // Options configures NewServer.
 type Options struct {
-	// Targets maps a pool name to what serves it. Required.
+	// Targets maps a pool name to what serves it. Required (it may be empty, and
+	// replaced later with SetTargets).
 	Targets map[string]*Target
 	// Headers names the headers shared with Envoy. Required.
 	Headers Headers
 	// Logger receives the server's logs. Default: discard.
 	Logger slog.Logger
-	// Metrics records what the server does. Default: none.
+	// LogLevel is the level Logger was leveled to. Lines below it are never built:
+	// slog builds an entry, with its caller's stack, before it checks the level.
+	// Default: the zero value, slog.LevelDebug: every line is built.
+	LogLevel slog.Level
+	// Metrics records what the server does. Default: unregistered metrics.
 	Metrics *Metrics
+	// Clock tells the time of durations and of the last status seen per key.
+	// Default: the system clock.
+	Clock keypool.Clock
+	// ClassifyBodies lets the server ask Envoy for the error body of a failure answer
+	// whose class the body can refine (body.go). Envoy's ext_proc filter must allow
+	// it (allow_mode_override: true, as the generated configuration does): without
+	// it Envoy ignores the request and the failure could not fail over. Default
+	// false: every answer is classified from its headers.
+	ClassifyBodies bool
 }
 
 // Server implements envoy.service.ext_proc.v3.ExternalProcessor.
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 
-	targets map[string]*Target
-	headers Headers
-	log     slog.Logger
-	metrics *Metrics
+	headers  Headers
+	log      slog.Logger
+	logLevel slog.Level
+	metrics  *Metrics
+	clock    keypool.Clock
+	bodies   bool // Options.ClassifyBodies
+
+	markers map[keypool.Class]*corev3.HeaderValueOption // the retry marker, per class; shared, never modified
+
+	targets atomic.Pointer[targetSet]
+	swapMu  sync.Mutex // serializes SetTargets; never taken by a stream
 }
 
 // NewServer returns a Server for opts.
@@ -68,23 +94,43 @@ func NewServer(opts Options) (*Server, error) {
 	if h.PoolMetadataKey == "" || h.RequestID == "" || h.AttemptCount == "" || h.RetryMarker == "" {
 		return nil, errors.New("extproc: every header name in Options.Headers is required")
 	}
-	for name, t := range opts.Targets {
-		if t == nil || t.Pool == nil || t.Provider == nil || t.FailsOver == nil {
-			return nil, fmt.Errorf("extproc: target %q is incomplete", name)
-		}
-	}
 	m := opts.Metrics
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Server{targets: opts.Targets, headers: h, log: opts.Logger, metrics: m}, nil
+	s := &Server{headers: h, log: opts.Logger, logLevel: opts.LogLevel, metrics: m, clock: opts.Clock, bodies: opts.ClassifyBodies,
+		markers: map[keypool.Class]*corev3.HeaderValueOption{}}
+	for _, c := range keypool.Classes() {
+		s.markers[c] = setHeader(h.RetryMarker, string(c))
+	}
+	if err := s.SetTargets(opts.Targets); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// SetTargets replaces what the server serves, atomically: streams that start after
+// it returns use targets; streams already open finish on the targets they started
+// with. It validates targets as NewServer does and keeps the old ones on error. The
+// caller must not modify targets afterwards. Safe for concurrent use; the streams
+// take no lock.
+func (s *Server) SetTargets(targets map[string]*Target) error {
+	s.swapMu.Lock()
+	defer s.swapMu.Unlock()
+	set, err := s.compile(targets)
+	if err != nil {
+		return err
+	}
+	old := s.targets.Swap(set)
+	s.metrics.forgetRemoved(old, set)
+	return nil
 }
 
 // Process serves one ext_proc stream: one upstream attempt of one request.
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) error {
 	ctx := stream.Context()
 	a := s.newAttempt(ctx)
-	defer a.release(ctx)
+	defer a.end(ctx)
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
@@ -111,6 +157,26 @@ func (s *Server) newAttempt(ctx context.Context) *attempt {
 	if v := metadata.ValueFromIncomingContext(ctx, s.headers.PoolMetadataKey); len(v) > 0 {
 		a.poolName = v[0]
 	}
-	a.target = s.targets[a.poolName]
+	a.target = s.targets.Load().byName[a.poolName]
 	return a
 }
+
+// marker is the option that sets the retry marker for a failure of class c; its
+// value names the class, for logs and for Envoy's access log.
+func (s *Server) marker(c keypool.Class) *corev3.HeaderValueOption {
+	if o, ok := s.markers[c]; ok {
+		return o
+	}
+	return setHeader(s.headers.RetryMarker, string(c))
+}
+
+// now reads the server's clock.
+func (s *Server) now() time.Time {
+	if s.clock == nil {
+		return time.Now()
+	}
+	return s.clock.Now()
+}
+
+// debug reports whether debug lines are logged.
+func (s *Server) debug() bool { return s.logLevel <= slog.LevelDebug }

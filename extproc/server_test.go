@@ -16,9 +16,12 @@ import (
 	"cdr.dev/slog/v3/sloggers/slogjson"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -31,9 +34,12 @@ import (
 
 // Obviously fake key values; every test output is searched for them.
 var testKeyValues = map[string][]string{
-	"openai":    {"test-openai-key-AAAAAAAAAAAAAAAA", "test-openai-key-BBBBBBBBBBBBBBBB"},
-	"anthropic": {"test-anthropic-key-CCCCCCCCCCCCC", "test-anthropic-key-DDDDDDDDDDDDD"},
-	"byok":      {"test-byok-pool-key-EEEEEEEEEEEEEE"},
+	"openai":      {"test-openai-key-AAAAAAAAAAAAAAAA", "test-openai-key-BBBBBBBBBBBBBBBB"},
+	"anthropic":   {"test-anthropic-key-CCCCCCCCCCCCC", "test-anthropic-key-DDDDDDDDDDDDD"},
+	"byok":        {"test-byok-pool-key-EEEEEEEEEEEEEE", "test-byok-pool-key-GGGGGGGGGGGGGG"},
+	"gemini":      {"test-gemini-key-HHHHHHHHHHHHHHHH", "test-gemini-key-IIIIIIIIIIIIIIII"},
+	"gemini-byok": {"test-gemini-byok-JJJJJJJJJJJJJJJ"},
+	"modelheader": {"test-modelhdr-key-KKKKKKKKKKKKKK", "test-modelhdr-key-LLLLLLLLLLLLLL"},
 }
 
 const clientKey = "client-own-key-FFFFFFFFFFFFFFFF"
@@ -43,6 +49,8 @@ const clientKey = "client-own-key-FFFFFFFFFFFFFFFF"
 type harness struct {
 	t      *testing.T
 	clock  *fakeclock.Clock
+	srv    *extproc.Server
+	reg    *prometheus.Registry
 	client extprocv3.ExternalProcessorClient
 	logs   *syncbuf.Buffer
 
@@ -52,6 +60,13 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessWith(t, func(*extproc.Options) {})
+}
+
+// newHarnessWith is newHarness with options changed by edit (error bodies are
+// classified unless it says otherwise).
+func newHarnessWith(t *testing.T, edit func(*extproc.Options)) *harness {
+	t.Helper()
 	clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	// Tried sets outlive the fake clock's jumps between a request's attempts.
 	state := keypool.NewMemoryState(clock, time.Hour)
@@ -59,11 +74,14 @@ func newHarness(t *testing.T) *harness {
 	for _, spec := range []struct {
 		pool, provider string
 		byok           bool
-		statuses       []int
+		modelHeader    string
 	}{
-		{"openai", "openai", false, providers.DefaultFailureStatuses()},
-		{"anthropic", "anthropic", false, providers.DefaultFailureStatuses()},
-		{"byok", "openai", true, []int{429}},
+		{"openai", "openai", false, ""},
+		{"anthropic", "anthropic", false, ""},
+		{"byok", "openai", true, ""},
+		{"gemini", "gemini", false, ""},
+		{"gemini-byok", "gemini", true, ""},
+		{"modelheader", "openai", false, "x-ai-eg-model"},
 	} {
 		var keys []keypool.Key
 		for i, v := range testKeyValues[spec.pool] {
@@ -77,18 +95,21 @@ func newHarness(t *testing.T) *harness {
 		if err != nil {
 			t.Fatal(err)
 		}
-		statuses := spec.statuses
-		targets[spec.pool] = &extproc.Target{Pool: pool, Provider: prov, AllowBYOK: spec.byok,
-			FailsOver: func(s int) bool { return containsInt(statuses, s) }}
+		targets[spec.pool] = &extproc.Target{Pool: pool, Provider: prov, AllowBYOK: spec.byok, ModelHeader: spec.modelHeader}
 	}
 	logs := &syncbuf.Buffer{}
-	srv, err := extproc.NewServer(extproc.Options{
+	reg := prometheus.NewRegistry()
+	opts := extproc.Options{
 		Targets: targets,
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},
-		Logger:  slog.Make(slogjson.Sink(logs)).Leveled(slog.LevelDebug),
-		Metrics: extproc.NewMetrics(nil),
-	})
+		Logger:         slog.Make(slogjson.Sink(logs)).Leveled(slog.LevelDebug),
+		Metrics:        extproc.NewMetrics(reg),
+		Clock:          clock,
+		ClassifyBodies: true,
+	}
+	edit(&opts)
+	srv, err := extproc.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,22 +123,13 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, clock: clock, client: extprocv3.NewExternalProcessorClient(conn), logs: logs}
+	h := &harness{t: t, clock: clock, srv: srv, reg: reg, client: extprocv3.NewExternalProcessorClient(conn), logs: logs}
 	t.Cleanup(func() {
 		conn.Close()
 		gs.Stop()
 		h.assertNoSecrets()
 	})
 	return h
-}
-
-func containsInt(xs []int, x int) bool {
-	for _, v := range xs {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 // assertNoSecrets fails when a key value appears in the logs or in any answer other
@@ -505,8 +517,14 @@ func TestClientClosingEarly(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	if _, err := s.Recv(); err == nil {
-		t.Fatal("Recv on a cancelled stream succeeded")
+	// The answer may already be in the client's buffer (gRPC delivers it or the
+	// cancellation, whichever it selects first); the stream ends right after it.
+	_, err = s.Recv()
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("Recv on a cancelled stream: %v, want Canceled", err)
 	}
 	// Half-closed stream: the server ends it cleanly.
 	s2 := h.open("openai")
@@ -558,4 +576,37 @@ func TestConcurrentStreams(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+func TestLastStatusPerKey(t *testing.T) {
+	h := newHarness(t)
+	if _, _, ok := h.srv.LastStatus("openai", "openai-1"); ok {
+		t.Fatal("a last status before any answer")
+	}
+	s := h.open("openai")
+	injected(t, s.requestHeaders("x-request-id", "r1", "x-envoy-attempt-count", "1"))
+	s.responseHeaders(":status", "429", "retry-after", "20")
+	at := h.clock.Now()
+	h.clock.Advance(3 * time.Second)
+	s2 := h.open("openai")
+	injected(t, s2.requestHeaders("x-request-id", "r1", "x-envoy-attempt-count", "2"))
+	s2.responseHeaders(":status", "200")
+
+	tests := []struct {
+		key    string
+		status int
+		at     time.Time
+	}{
+		{"openai-1", 429, at},
+		{"openai-2", 200, at.Add(3 * time.Second)},
+	}
+	for _, tt := range tests {
+		code, when, ok := h.srv.LastStatus("openai", tt.key)
+		if !ok || code != tt.status || !when.Equal(tt.at.Truncate(time.Second)) {
+			t.Errorf("LastStatus(%s) = %d at %v (%v), want %d at %v", tt.key, code, when, ok, tt.status, tt.at)
+		}
+	}
+	if _, _, ok := h.srv.LastStatus("openai", "nope"); ok {
+		t.Error("a last status for an unknown key")
+	}
 }

@@ -40,6 +40,12 @@ type Options struct {
 	Log io.Writer
 	// LogFormat is the replicas' log format, json or human. Default json.
 	LogFormat string
+	// Configure edits the envoy-keypool configuration (the YAML tree of
+	// envoy/compose/keypool.yaml, after the listeners, log and state are set for this
+	// machine); the stand-in then runs the Envoy configuration generated from the
+	// edited file (envoy.Generate) instead of envoy/compose/envoy.yaml, so tests may
+	// add pools or change their settings. Default: nil, the compose files as they are.
+	Configure func(tree map[string]any)
 }
 
 // Key is one pool key as the stack configured it: its id and its fake value.
@@ -94,7 +100,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.mock = httptest.NewServer(mock)
 	s.Mock = &mockprovider.Client{BaseURL: s.mock.URL}
 
-	cfgPath, env, err := s.writeKeypoolConfig(opts)
+	cfgPath, env, cfg, err := s.writeKeypoolConfig(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -107,6 +113,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 
 	bs, err := envoy.LoadBootstrap(filepath.Join(opts.RepoRoot, "envoy", "compose", "envoy.yaml"))
+	if opts.Configure != nil {
+		bs, err = envoy.Generate(cfg)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -143,14 +152,14 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 // writeKeypoolConfig rewrites envoy/compose/keypool.yaml for this machine: loopback
 // listeners on free ports, the given Redis (with a prefix of its own, so stacks can
 // share one Redis) or in-memory state, and fake key values in the environment.
-func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, error) {
+func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, *config.Config, error) {
 	src, err := os.ReadFile(filepath.Join(opts.RepoRoot, "envoy", "compose", "keypool.yaml"))
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	var tree map[string]any
 	if err := yaml.Unmarshal(src, &tree); err != nil {
-		return "", nil, fmt.Errorf("envoy/compose/keypool.yaml: %w", err)
+		return "", nil, nil, fmt.Errorf("envoy/compose/keypool.yaml: %w", err)
 	}
 	tree["listen"] = map[string]any{"grpc": "127.0.0.1:0", "admin": "127.0.0.1:0"}
 	format := opts.LogFormat
@@ -167,13 +176,16 @@ func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, error) {
 	} else {
 		delete(tree, "state")
 	}
+	if opts.Configure != nil {
+		opts.Configure(tree)
+	}
 	out, err := yaml.Marshal(tree)
 	if err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	path := filepath.Join(s.tempDir, "keypool.yaml")
 	if err := os.WriteFile(path, out, 0o600); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 
 	// Every secret the configuration names gets a fake value, made up on first use.
@@ -186,7 +198,7 @@ func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, error) {
 	}
 	cfg, err := config.Read(bytes.NewReader(out), fakeEnv)
 	if err != nil {
-		return "", nil, fmt.Errorf("rewritten compose config: %w", err)
+		return "", nil, nil, fmt.Errorf("rewritten compose config: %w", err)
 	}
 	for _, p := range cfg.Pools {
 		for _, k := range p.ResolvedKeys() {
@@ -198,7 +210,7 @@ func (s *Stack) writeKeypoolConfig(opts Options) (string, []string, error) {
 	for name, v := range values {
 		env = append(env, name+"="+v)
 	}
-	return path, env, nil
+	return path, env, cfg, nil
 }
 
 // Logs is everything the replicas and the stand-in wrote.

@@ -12,14 +12,18 @@ import (
 	"time"
 )
 
+var errPoolFailed = errors.New("upstream pool failure")
+
 // attemptOutcome is how one upstream attempt ended: a final local reply, response
 // headers (after the upstream filters) with a body to stream, or a reset.
 type attemptOutcome struct {
 	local   *localReply
 	resp    *headerMap
 	body    io.ReadCloser
+	hasBody bool // the response did not end with its headers
+	stream  *poolStream
 	reset   resetReason
-	started bool
+	started bool // request headers reached the codec (first_upstream_tx_byte_sent)
 	gone    bool // the downstream client went away: nothing left to answer
 	cancel  context.CancelFunc
 }
@@ -35,10 +39,26 @@ func (o *attemptOutcome) discard() {
 	}
 }
 
-// attempt runs one try of the router: pick a host, run a fresh upstream filter chain
-// on the shared request headers, send the request, run the chain on the response
-// headers in reverse order. The router decides about retries only after that, so a
-// header an upstream filter added is visible to retriable-headers.
+// discardForRetry drops a response the router retries. One with a body has its
+// upstream stream reset (router.cc onUpstreamHeaders: `if (!end_stream ||
+// !upstream_request.encodeComplete()) upstream_request.resetStream()`), and an
+// HTTP/1.1 stream reset closes its connection; one that ended with its headers leaves
+// the connection to the pool.
+func (o *attemptOutcome) discardForRetry() {
+	if o.hasBody && o.stream != nil {
+		o.stream.end(true)
+	}
+	o.discard()
+}
+
+// attempt runs one try of the router, in UpstreamRequest's order
+// (source/common/router/upstream_request.cc acceptHeadersFromRouter): pick a host, ask
+// its connection pool for a stream (an overflow fails at once; a connection may be
+// opened meanwhile), run a fresh upstream filter chain on the shared request headers,
+// then hand them to the codec, which reads the map only now (upstream_codec_filter.cc
+// decodeHeaders), and run the chain on the response headers in reverse order. The
+// router decides about retries only after that, so a header an upstream filter added
+// is visible to retriable-headers.
 func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 	p, c := rr.p, rr.cluster
 	h := c.pick()
@@ -46,13 +66,11 @@ func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 		return &attemptOutcome{local: newLocalReply(http.StatusServiceUnavailable, "no healthy upstream", "no_healthy_upstream")}
 	}
 	c.markTraffic()
-	c.activeRequests.Add(1)
-	defer c.activeRequests.Add(-1)
 	p.stats.attempts.Add(1)
 
 	actx, cancel := context.WithCancelCause(ctx)
 	var headersIn atomic.Bool
-	if pt := rr.policy.perTryTimeoutOrZero(); pt > 0 {
+	if pt := rr.timeouts.perTry; pt > 0 {
 		// The per-try timeout covers the attempt until its response headers arrive.
 		t := time.AfterFunc(pt, func() {
 			if !headersIn.Load() {
@@ -68,9 +86,53 @@ func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 		}
 	}()
 
+	authority, _ := rr.req.get(":authority")
+	pool := c.pool(h, c.sniFor(authority))
+	ps, waiter, err := pool.request()
+	if err != nil {
+		p.logf("attempt %d to cluster %s: %v", rr.attempts, c.cfg.name, err)
+		return &attemptOutcome{reset: resetOverflow}
+	}
+	type streamResult struct {
+		s   *poolStream
+		err error
+	}
+	streamCh := make(chan streamResult, 1)
+	if waiter == nil {
+		streamCh <- streamResult{s: ps}
+	} else {
+		go func() {
+			s, err := pool.wait(actx, waiter)
+			if err != nil && actx.Err() == nil {
+				// A failed connect resets the upstream request at once, whatever
+				// the upstream filters are doing.
+				cancel(errPoolFailed)
+			}
+			streamCh <- streamResult{s: s, err: err}
+		}()
+	}
+	streamTaken := false
+	defer func() {
+		if !streamTaken {
+			go func() {
+				if r := <-streamCh; r.s != nil {
+					r.s.release()
+				}
+			}()
+		}
+	}()
+	poolFailed := func(err error) *attemptOutcome {
+		var pf *poolFailure
+		if errors.As(err, &pf) {
+			p.logf("attempt %d to %s: %v", rr.attempts, h.addr, err)
+			return &attemptOutcome{reset: pf.reason}
+		}
+		return nil
+	}
+
 	chain := make([]*extProcFilter, 0, len(rr.filters))
 	for _, f := range rr.filters {
-		chain = append(chain, &extProcFilter{p: p, cfg: f.extProc, cluster: p.clusters[f.extProc.cluster]})
+		chain = append(chain, newExtProcFilter(p, f.extProc, rr.metadata, rr.start))
 	}
 	defer func() {
 		for _, f := range chain {
@@ -83,35 +145,81 @@ func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 			return &attemptOutcome{local: lr}
 		}
 	}
+	if errors.Is(context.Cause(actx), errPoolFailed) {
+		streamTaken = true
+		return poolFailed((<-streamCh).err)
+	}
 	if out := rr.ctxOutcome(actx, false); out != nil {
 		return out
+	}
+	streamTaken = true
+	sr := <-streamCh
+	if sr.err != nil {
+		if out := poolFailed(sr.err); out != nil {
+			return out
+		}
+		if out := rr.ctxOutcome(actx, false); out != nil {
+			return out
+		}
+		return &attemptOutcome{gone: true}
 	}
 
 	upReq, err := rr.upstreamRequest(actx, h)
 	if err != nil {
-		return &attemptOutcome{local: newLocalReply(http.StatusBadRequest, "", "invalid_request_after_filters")}
+		sr.s.release()
+		return &attemptOutcome{local: newLocalReply(http.StatusServiceUnavailable, err.Error(), "filter_removed_required_request_headers")}
 	}
-	resp, err := c.transport.RoundTrip(upReq)
+	resp, err := sr.s.roundTrip(upReq)
 	if err != nil {
 		if out := rr.ctxOutcome(actx, true); out != nil {
 			return out
 		}
-		var ce *connectError
-		if errors.As(err, &ce) {
-			p.logf("attempt %d to %s: connect failure: %v", rr.attempts, h.addr, err)
-			return &attemptOutcome{reset: resetConnectFailure}
-		}
-		p.logf("attempt %d to %s: reset: %v", rr.attempts, h.addr, err)
-		return &attemptOutcome{reset: resetRemote, started: true}
+		reason := classifyStreamError(err)
+		p.logf("attempt %d to %s: reset (%d): %v", rr.attempts, h.addr, reason, err)
+		return &attemptOutcome{reset: reason, started: true}
 	}
-	headersIn.Store(true)
 	rh := &headerMap{}
 	rh.add(":status", strconv.Itoa(resp.StatusCode))
 	rh.fromHTTP(resp.Header)
 	rh.removeHopByHop()
 	respEnd := resp.ContentLength == 0
+	var body io.ReadCloser = resp.Body
+	var buffered []byte // the response body once a filter asked for it (mode_override BUFFERED)
+	isBuffered := false
 	for i := len(chain) - 1; i >= 0; i-- {
-		if lr := chain[i].onHeaders(actx, phaseResponse, rh, respEnd); lr != nil {
+		f := chain[i]
+		if lr := f.onHeaders(actx, phaseResponse, rh, respEnd && !isBuffered); lr != nil {
+			sr.s.end(!respEnd)
+			_ = resp.Body.Close()
+			return &attemptOutcome{local: lr}
+		}
+		if !f.wantsResponseBody(respEnd) {
+			continue
+		}
+		if !isBuffered {
+			// The headers stay held while the body is buffered, up to the filter
+			// manager's buffer limit; past it the upstream filter manager answers 500
+			// (ActiveStreamEncoderFilter::responseDataTooLarge in filter_manager.cc).
+			limit := streamBufferLimit(p, rr.vh, rr.rt)
+			b, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
+			if err != nil {
+				if out := rr.ctxOutcome(actx, true); out != nil {
+					return out
+				}
+				return &attemptOutcome{reset: resetRemote, started: true}
+			}
+			if uint64(len(b)) > limit {
+				p.logf("attempt %d: response body over the buffer limit (%d bytes) for ext_proc", rr.attempts, limit)
+				sr.s.end(true)
+				_ = resp.Body.Close()
+				lr := newLocalReply(http.StatusInternalServerError, "Internal Server Error", "response_payload_too_large")
+				lr.fromFilter = true
+				return &attemptOutcome{local: lr}
+			}
+			buffered, isBuffered = b, true
+		}
+		var lr *localReply
+		if buffered, lr = f.onResponseBody(actx, rh, buffered); lr != nil {
 			_ = resp.Body.Close()
 			return &attemptOutcome{local: lr}
 		}
@@ -120,8 +228,15 @@ func (rr *routedRequest) attempt(ctx context.Context) *attemptOutcome {
 		_ = resp.Body.Close()
 		return out
 	}
+	// The router sees the headers only now: the per-try timeout ran while a filter held
+	// them.
+	headersIn.Store(true)
+	if isBuffered {
+		_ = resp.Body.Close()
+		body = io.NopCloser(bytes.NewReader(buffered))
+	}
 	done = true
-	return &attemptOutcome{resp: rh, body: resp.Body, cancel: func() { cancel(nil) }}
+	return &attemptOutcome{resp: rh, body: body, hasBody: !respEnd, stream: sr.s, cancel: func() { cancel(nil) }}
 }
 
 // ctxOutcome reports the end of an attempt by its context: per-try timeout (a reset
@@ -140,7 +255,9 @@ func (rr *routedRequest) ctxOutcome(ctx context.Context, started bool) *attemptO
 	return &attemptOutcome{gone: true}
 }
 
-// upstreamRequest turns the shared header map into the HTTP request for host h.
+// upstreamRequest turns the shared header map into the HTTP request for host h. It
+// reads the map after the upstream filters ran, so a :path an upstream ext_proc set
+// is the one that goes upstream (upstream_codec_filter.cc decodeHeaders).
 func (rr *routedRequest) upstreamRequest(ctx context.Context, h *host) (*http.Request, error) {
 	method, _ := rr.req.get(":method")
 	path, _ := rr.req.get(":path")
@@ -148,11 +265,18 @@ func (rr *routedRequest) upstreamRequest(ctx context.Context, h *host) (*http.Re
 	if rr.rt.autoHostRewrite {
 		authority = h.cfg.hostname
 	}
+	if method == "" || path == "" {
+		return nil, errors.New("missing required header: :method or :path")
+	}
 	scheme := "http"
 	if rr.cluster.cfg.tls != nil {
 		scheme = "https"
 	}
-	u, err := url.Parse(scheme + "://" + h.addr + path)
+	urlHost := authority
+	if urlHost == "" {
+		urlHost = h.addr // the URL only has to name a host; the pool's connection is fixed
+	}
+	u, err := url.Parse(scheme + "://" + urlHost + path)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +288,7 @@ func (rr *routedRequest) upstreamRequest(ctx context.Context, h *host) (*http.Re
 	case rr.hasBody:
 		body, length = bytes.NewReader(rr.body), int64(len(rr.body))
 	}
-	req, err := http.NewRequestWithContext(context.WithValue(ctx, sniKey{}, hostOnly(authority)), method, u.String(), body)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, err
 	}

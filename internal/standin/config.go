@@ -53,8 +53,13 @@ type hcmConfig struct {
 	alwaysSetRequestIDInResponse bool
 	allowHTTP2                   bool
 	suppressEnvoyHeaders         bool
+	xffNumTrustedHops            uint32
+	skipXffAppend                bool
+	via                          string
+	internal                     internalAddresses
 	bufferLimit                  uint64
 	routes                       *routeConfig
+	downstream                   []*downstreamFilter // http_filters before the router
 	routerFilters                []*filterConfig
 }
 
@@ -152,6 +157,13 @@ func buildHCM(m *hcmv3.HttpConnectionManager) (*hcmConfig, error) {
 		useRemoteAddress:             m.GetUseRemoteAddress().GetValue(),
 		alwaysSetRequestIDInResponse: m.GetAlwaysSetRequestIdInResponse(),
 		allowHTTP2:                   m.GetCodecType() != hcmv3.HttpConnectionManager_HTTP1,
+		xffNumTrustedHops:            m.GetXffNumTrustedHops(),
+		skipXffAppend:                m.GetSkipXffAppend(),
+		via:                          m.GetVia(),
+	}
+	var err error
+	if h.internal, err = buildInternalAddresses(m.GetInternalAddressConfig()); err != nil {
+		return nil, err
 	}
 	if m.GetRouteConfig() == nil {
 		return nil, fmt.Errorf("http_connection_manager: %w: only an inline route_config (no rds or scoped_routes)", ErrUnsupported)
@@ -165,9 +177,12 @@ func buildHCM(m *hcmv3.HttpConnectionManager) (*hcmConfig, error) {
 	if len(filters) == 0 || filters[len(filters)-1].GetTypedConfig().GetTypeUrl() != typeRouter {
 		return nil, errors.New("http_connection_manager.http_filters: the chain must end with the router filter (envoy.filters.http.router)")
 	}
-	if len(filters) > 1 {
-		f := filters[0]
-		return nil, fmt.Errorf("http_connection_manager.http_filters: downstream filter %q (%s): %w", f.GetName(), f.GetTypedConfig().GetTypeUrl(), ErrUnsupported)
+	for i, f := range filters[:len(filters)-1] {
+		df, err := buildDownstreamFilter(fmt.Sprintf("http_connection_manager.http_filters[%d]", i), f)
+		if err != nil {
+			return nil, err
+		}
+		h.downstream = append(h.downstream, df)
 	}
 	router := &routerv3.Router{}
 	if err := filters[len(filters)-1].GetTypedConfig().UnmarshalTo(router); err != nil {

@@ -22,8 +22,13 @@ type clusterConfig struct {
 	name           string
 	endpoints      []endpointConfig
 	connectTimeout time.Duration
-	maxRetries     uint32
-	budget         *retryBudget
+	limits         thresholds
+	// idleTimeout closes a connection without streams (common_http_protocol_options,
+	// 1 h by default); maxRequestsPerConnection drains a connection after that many
+	// streams (0: unlimited).
+	idleTimeout              time.Duration
+	maxRequestsPerConnection uint32
+	keepalive                *keepaliveConfig // HTTP/2 connection_keepalive
 	// filters is the cluster's own upstream filter chain; hasFilters says whether
 	// HttpProtocolOptions.http_filters was set (then it wins over the router's).
 	filters    []*filterConfig
@@ -38,9 +43,19 @@ type clusterConfig struct {
 }
 
 type endpointConfig struct {
-	address  string // host:port to dial
+	network  string // "tcp", or "unix" for an Envoy pipe address
+	address  string // host:port, or the socket path, to dial
 	hostname string // the configured host, for auto_host_rewrite
 }
+
+// keepaliveConfig is Http2ProtocolOptions.connection_keepalive.
+type keepaliveConfig struct {
+	interval time.Duration
+	timeout  time.Duration
+}
+
+// defaultIdleTimeout is HttpProtocolOptions.idle_timeout for upstream connections.
+const defaultIdleTimeout = time.Hour
 
 type retryBudget struct {
 	percent        float64
@@ -54,7 +69,8 @@ type tlsConfig struct {
 	verify   bool
 	roots    *x509.CertPool // nil with verify: system roots
 	caSource string
-	sans     []sanMatcher // match_typed_subject_alt_names: one must match
+	sans     []sanMatcher      // match_typed_subject_alt_names: one must match
+	certs    []tls.Certificate // tls_certificates: the client certificate (mTLS)
 }
 
 type sanMatcher struct {
@@ -73,8 +89,9 @@ func buildCluster(c *clusterv3.Cluster) (*clusterConfig, error) {
 	cc := &clusterConfig{
 		name:           c.GetName(),
 		connectTimeout: durationOr(c.GetConnectTimeout(), defaultConnectTimeout),
-		maxRetries:     defaultMaxRetries,
+		limits:         defaultThresholds,
 		panicPct:       defaultPanicThreshold,
+		idleTimeout:    defaultIdleTimeout,
 	}
 	switch c.GetType() {
 	case clusterv3.Cluster_STATIC, clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
@@ -144,12 +161,25 @@ func (cc *clusterConfig) readEndpoints(where string, c *clusterv3.Cluster) error
 			if err := onlyFields(where+" lb_endpoints", lbe, "endpoint"); err != nil {
 				return err
 			}
-			sa := lbe.GetEndpoint().GetAddress().GetSocketAddress()
+			addr := lbe.GetEndpoint().GetAddress()
+			if pipe := addr.GetPipe(); pipe != nil {
+				// An Envoy pipe address is a Unix domain socket path; "@name" is Linux's
+				// abstract namespace (Address::PipeInstance), which net.Dial reads alike.
+				if err := onlyFields(where+" endpoint pipe", pipe, "path", "mode"); err != nil {
+					return err
+				}
+				if c.GetType() != clusterv3.Cluster_STATIC {
+					return fmt.Errorf("%s: a pipe endpoint needs a STATIC cluster", where)
+				}
+				cc.endpoints = append(cc.endpoints, endpointConfig{network: "unix", address: pipe.GetPath(), hostname: pipe.GetPath()})
+				continue
+			}
+			sa := addr.GetSocketAddress()
 			if sa == nil {
-				return fmt.Errorf("%s: endpoint: %w: only socket_address", where, ErrUnsupported)
+				return fmt.Errorf("%s: endpoint: %w: only socket_address or pipe", where, ErrUnsupported)
 			}
 			port := strconv.Itoa(int(sa.GetPortValue()))
-			cc.endpoints = append(cc.endpoints, endpointConfig{address: net.JoinHostPort(sa.GetAddress(), port), hostname: sa.GetAddress()})
+			cc.endpoints = append(cc.endpoints, endpointConfig{network: "tcp", address: net.JoinHostPort(sa.GetAddress(), port), hostname: sa.GetAddress()})
 		}
 	}
 	if len(cc.endpoints) == 0 {
@@ -171,14 +201,23 @@ func (cc *clusterConfig) readCircuitBreakers(where string, cb *clusterv3.Circuit
 		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
 			continue
 		}
-		// max_connections, max_pending_requests and max_requests are accepted but not
-		// enforced: they shape load, not the behaviour a single request sees.
 		if err := onlyFields(where+" circuit_breakers.thresholds", t, "priority", "max_connections", "max_pending_requests",
 			"max_requests", "max_retries", "retry_budget", "track_remaining"); err != nil {
 			return err
 		}
-		if t.GetMaxRetries() != nil {
-			cc.maxRetries = t.GetMaxRetries().GetValue()
+		for _, lim := range []struct {
+			v   interface{ GetValue() uint32 }
+			set bool
+			dst *uint64
+		}{
+			{t.GetMaxConnections(), t.GetMaxConnections() != nil, &cc.limits.maxConnections},
+			{t.GetMaxPendingRequests(), t.GetMaxPendingRequests() != nil, &cc.limits.maxPending},
+			{t.GetMaxRequests(), t.GetMaxRequests() != nil, &cc.limits.maxRequests},
+			{t.GetMaxRetries(), t.GetMaxRetries() != nil, &cc.limits.maxRetries},
+		} {
+			if lim.set {
+				*lim.dst = uint64(lim.v.GetValue())
+			}
 		}
 		if rb := t.GetRetryBudget(); rb != nil {
 			b := &retryBudget{percent: 20, minConcurrency: 3}
@@ -188,7 +227,7 @@ func (cc *clusterConfig) readCircuitBreakers(where string, cb *clusterv3.Circuit
 			if rb.GetMinRetryConcurrency() != nil {
 				b.minConcurrency = rb.GetMinRetryConcurrency().GetValue()
 			}
-			cc.budget = b
+			cc.limits.budget = b
 		}
 	}
 	return nil
@@ -200,19 +239,44 @@ func (cc *clusterConfig) readHTTPOptions(where string, o *httpv3.HttpProtocolOpt
 		"auto_config", "http_filters", "retry_policy"); err != nil {
 		return err
 	}
+	if cp := o.GetCommonHttpProtocolOptions(); cp != nil {
+		if err := onlyFields(where+" common_http_protocol_options", cp, "idle_timeout", "max_requests_per_connection", "max_headers_count", "headers_with_underscores_action"); err != nil {
+			return err
+		}
+		if cp.GetIdleTimeout() != nil {
+			cc.idleTimeout = cp.GetIdleTimeout().AsDuration() // 0 disables it
+		}
+		cc.maxRequestsPerConnection = cp.GetMaxRequestsPerConnection().GetValue()
+	}
+	var h2 *corev3.Http2ProtocolOptions
 	switch p := o.GetUpstreamProtocolOptions().(type) {
 	case *httpv3.HttpProtocolOptions_ExplicitHttpConfig_:
 		cc.http2 = p.ExplicitHttpConfig.GetHttp2ProtocolOptions() != nil
+		h2 = p.ExplicitHttpConfig.GetHttp2ProtocolOptions()
 		if p.ExplicitHttpConfig.GetHttp3ProtocolOptions() != nil {
 			return fmt.Errorf("%s: http3_protocol_options: %w", where, ErrUnsupported)
 		}
 	case *httpv3.HttpProtocolOptions_AutoConfig:
 		cc.autoHTTP = true
+		h2 = p.AutoConfig.GetHttp2ProtocolOptions()
 		if p.AutoConfig.GetHttp3ProtocolOptions() != nil {
 			return fmt.Errorf("%s: auto_config.http3_protocol_options: %w", where, ErrUnsupported)
 		}
 	case *httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig:
 		return fmt.Errorf("%s: use_downstream_protocol_config: %w", where, ErrUnsupported)
+	}
+	if h2 != nil {
+		if err := onlyFields(where+" http2_protocol_options", h2, "connection_keepalive", "max_concurrent_streams",
+			"initial_stream_window_size", "initial_connection_window_size"); err != nil {
+			return err
+		}
+		if ka := h2.GetConnectionKeepalive(); ka != nil {
+			if err := onlyFields(where+" http2_protocol_options.connection_keepalive", ka, "interval", "timeout", "interval_jitter"); err != nil {
+				return err
+			}
+			// interval_jitter only spreads the pings; connection_idle_interval is refused.
+			cc.keepalive = &keepaliveConfig{interval: durationOr(ka.GetInterval(), 0), timeout: durationOr(ka.GetTimeout(), 0)}
+		}
 	}
 	if u := o.GetUpstreamHttpProtocolOptions(); u != nil {
 		if err := onlyFields(where+" upstream_http_protocol_options", u, "auto_sni", "auto_san_validation"); err != nil {
@@ -247,10 +311,29 @@ func buildUpstreamTLS(where string, ts *corev3.TransportSocket) (*tlsConfig, err
 	}
 	t := &tlsConfig{sni: ctx.GetSni(), autoSNI: ctx.GetAutoHostSni()}
 	common := ctx.GetCommonTlsContext()
-	if err := onlyFields(where+" common_tls_context", common, "alpn_protocols", "validation_context", "tls_params"); err != nil {
+	if err := onlyFields(where+" common_tls_context", common, "alpn_protocols", "validation_context", "tls_params", "tls_certificates"); err != nil {
 		return nil, err
 	}
 	t.alpn = common.GetAlpnProtocols()
+	for i, tc := range common.GetTlsCertificates() {
+		w := fmt.Sprintf("%s common_tls_context.tls_certificates[%d]", where, i)
+		if err := onlyFields(w, tc, "certificate_chain", "private_key"); err != nil {
+			return nil, err
+		}
+		chain, err := readDataSource(w+".certificate_chain", tc.GetCertificateChain())
+		if err != nil {
+			return nil, err
+		}
+		key, err := readDataSource(w+".private_key", tc.GetPrivateKey())
+		if err != nil {
+			return nil, err
+		}
+		cert, err := tls.X509KeyPair(chain, key)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", w, err)
+		}
+		t.certs = append(t.certs, cert)
+	}
 	if vc := common.GetValidationContext(); vc != nil {
 		if err := onlyFields(where+" validation_context", vc, "trusted_ca", "system_root_certs", "match_typed_subject_alt_names"); err != nil {
 			return nil, err
@@ -272,21 +355,10 @@ func buildUpstreamTLS(where string, ts *corev3.TransportSocket) (*tlsConfig, err
 			t.sans = append(t.sans, sanMatcher{sanType: san.GetSanType(), m: m})
 		}
 		if ca := vc.GetTrustedCa(); ca != nil {
-			var pem []byte
-			switch {
-			case ca.GetFilename() != "":
-				t.caSource = ca.GetFilename()
-				b, err := os.ReadFile(ca.GetFilename())
-				if err != nil {
-					return nil, fmt.Errorf("%s: trusted_ca: %w", where, err)
-				}
-				pem = b
-			case ca.GetInlineString() != "":
-				pem = []byte(ca.GetInlineString())
-			case len(ca.GetInlineBytes()) > 0:
-				pem = ca.GetInlineBytes()
-			default:
-				return nil, fmt.Errorf("%s: trusted_ca: %w: only filename, inline_string or inline_bytes", where, ErrUnsupported)
+			t.caSource = ca.GetFilename()
+			pem, err := readDataSource(where+" trusted_ca", ca)
+			if err != nil {
+				return nil, err
 			}
 			t.roots = x509.NewCertPool()
 			if !t.roots.AppendCertsFromPEM(pem) {
@@ -295,6 +367,24 @@ func buildUpstreamTLS(where string, ts *corev3.TransportSocket) (*tlsConfig, err
 		}
 	}
 	return t, nil
+}
+
+// readDataSource reads a config.core.v3.DataSource: a file (read once, at load, as
+// Envoy does for static transport sockets) or inline bytes or string.
+func readDataSource(where string, ds *corev3.DataSource) ([]byte, error) {
+	switch {
+	case ds.GetFilename() != "":
+		b, err := os.ReadFile(ds.GetFilename())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		return b, nil
+	case ds.GetInlineString() != "":
+		return []byte(ds.GetInlineString()), nil
+	case len(ds.GetInlineBytes()) > 0:
+		return ds.GetInlineBytes(), nil
+	}
+	return nil, fmt.Errorf("%s: %w: only filename, inline_string or inline_bytes", where, ErrUnsupported)
 }
 
 // clientConfig builds the crypto/tls configuration for one connection. Without a
@@ -306,6 +396,7 @@ func (t *tlsConfig) clientConfig(serverName string, rootsOverride *x509.CertPool
 	cfg := &tls.Config{
 		ServerName:         serverName,
 		NextProtos:         nextProtos,
+		Certificates:       t.certs,
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, //nolint:gosec // chain checked below when Envoy would check it.
 	}

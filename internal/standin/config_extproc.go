@@ -14,17 +14,29 @@ import (
 // filterConfig is one upstream HTTP filter other than the codec. The stand-in knows
 // one kind, ext_proc.
 type filterConfig struct {
-	name    string
-	extProc *extProcConfig
+	name     string
+	disabled bool // HttpFilter.disabled: off unless a route's FilterConfig enables it
+	extProc  *extProcConfig
 }
 
 type extProcConfig struct {
-	cluster           string
-	authority         string
-	metadata          [][2]string
-	failureModeAllow  bool
-	sendReqHeaders    bool
-	sendRespHeaders   bool
+	cluster          string
+	authority        string
+	metadata         [][2]string
+	retry            *retryPolicy // grpc_service.retry_policy
+	failureModeAllow bool
+	mode             *extprocfilterv3.ProcessingMode // as configured (DEFAULT header modes mean SEND)
+	// allowModeOverride lets a headers answer's mode_override change the mode of this
+	// request, restricted to allowedOverrides when set (FilterConfig in ext_proc.h).
+	allowModeOverride bool
+	allowedOverrides  []*extprocfilterv3.ProcessingMode
+	sendBodyEarly     bool // send_body_without_waiting_for_header_response
+	// forwardUntyped and forwardTyped are metadata_options.forwarding_namespaces.
+	forwardUntyped []string
+	forwardTyped   []string
+	// requestAttributes are request_attributes, CEL attributes sent with the first
+	// request message; the stand-in evaluates request.time only.
+	requestAttributes []string
 	messageTimeout    time.Duration
 	maxMessageTimeout time.Duration
 	checker           *mutationChecker
@@ -47,7 +59,7 @@ func buildUpstreamFilters(where string, fs []*hcmv3.HttpFilter) ([]*filterConfig
 	var errs []error
 	for i, f := range fs[:len(fs)-1] {
 		w := fmt.Sprintf("%s[%d] %q", where, i, f.GetName())
-		if err := onlyFields(w, f, "name", "typed_config"); err != nil {
+		if err := onlyFields(w, f, "name", "typed_config", "disabled"); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -61,7 +73,7 @@ func buildUpstreamFilters(where string, fs []*hcmv3.HttpFilter) ([]*filterConfig
 			errs = append(errs, err)
 			continue
 		}
-		out = append(out, &filterConfig{name: f.GetName(), extProc: c})
+		out = append(out, &filterConfig{name: f.GetName(), disabled: f.GetDisabled(), extProc: c})
 	}
 	return out, errors.Join(errs...)
 }
@@ -70,11 +82,14 @@ func buildExtProc(where string, ep *extprocfilterv3.ExternalProcessor) (*extProc
 	if err := onlyFields(where, ep, "grpc_service", "failure_mode_allow", "processing_mode", "message_timeout",
 		"max_message_timeout", "mutation_rules", "status_on_error", "stat_prefix", "disable_immediate_response",
 		"forward_rules", "filter_metadata", "route_cache_action", "disable_clear_route_cache", "deferred_close_timeout",
-		"allow_content_length_header", "allow_mode_override"); err != nil {
+		"allow_content_length_header", "allow_mode_override", "allowed_override_modes",
+		"send_body_without_waiting_for_header_response", "metadata_options", "request_attributes"); err != nil {
 		return nil, err
 	}
-	if ep.GetAllowModeOverride() {
-		return nil, fmt.Errorf("%s: allow_mode_override: %w", where, ErrUnsupported)
+	for i, a := range ep.GetRequestAttributes() {
+		if a != "request.time" {
+			return nil, fmt.Errorf("%s: request_attributes[%d] %q: %w (request.time only)", where, i, a, ErrUnsupported)
+		}
 	}
 	c := &extProcConfig{
 		failureModeAllow:  ep.GetFailureModeAllow(),
@@ -82,18 +97,27 @@ func buildExtProc(where string, ep *extprocfilterv3.ExternalProcessor) (*extProc
 		maxMessageTimeout: durationOr(ep.GetMaxMessageTimeout(), 0),
 		statusOnError:     defaultStatusOnError,
 		disableImmediate:  ep.GetDisableImmediateResponse(),
-		sendReqHeaders:    true,
-		sendRespHeaders:   true,
+		mode:              &extprocfilterv3.ProcessingMode{},
+		allowModeOverride: ep.GetAllowModeOverride(),
+		allowedOverrides:  ep.GetAllowedOverrideModes(),
+		sendBodyEarly:     ep.GetSendBodyWithoutWaitingForHeaderResponse(),
+		requestAttributes: ep.GetRequestAttributes(),
 	}
-	if s := ep.GetStatusOnError(); s != nil && s.GetCode() != 0 {
-		c.statusOnError = int(s.GetCode())
+	if s := ep.GetStatusOnError(); s != nil {
+		c.statusOnError = statusOnErrorCode(int(s.GetCode()))
 	}
 	gs := ep.GetGrpcService()
 	if gs == nil {
 		return nil, fmt.Errorf("%s: %w: only grpc_service (no http_service)", where, ErrUnsupported)
 	}
-	if err := onlyFields(where+" grpc_service", gs, "envoy_grpc", "initial_metadata", "timeout"); err != nil {
+	if err := onlyFields(where+" grpc_service", gs, "envoy_grpc", "initial_metadata", "timeout", "retry_policy"); err != nil {
 		return nil, err
+	}
+	if rp := gs.GetRetryPolicy(); rp != nil {
+		var err error
+		if c.retry, err = buildCoreRetryPolicy(where+" grpc_service.retry_policy", rp); err != nil {
+			return nil, err
+		}
 	}
 	eg := gs.GetEnvoyGrpc()
 	if eg == nil {
@@ -114,8 +138,17 @@ func buildExtProc(where string, ep *extprocfilterv3.ExternalProcessor) (*extProc
 		if err := checkProcessingMode(where, pm); err != nil {
 			return nil, err
 		}
-		c.sendReqHeaders = pm.GetRequestHeaderMode() != extprocfilterv3.ProcessingMode_SKIP
-		c.sendRespHeaders = pm.GetResponseHeaderMode() != extprocfilterv3.ProcessingMode_SKIP
+		c.mode = pm
+	}
+	if err := checkModeOverrides(where, c); err != nil {
+		return nil, err
+	}
+	if mo := ep.GetMetadataOptions(); mo != nil {
+		if err := onlyFields(where+" metadata_options", mo, "forwarding_namespaces"); err != nil {
+			return nil, err
+		}
+		c.forwardUntyped = mo.GetForwardingNamespaces().GetUntyped()
+		c.forwardTyped = mo.GetForwardingNamespaces().GetTyped()
 	}
 	var err error
 	if c.checker, err = newMutationChecker(ep.GetMutationRules()); err != nil {
@@ -130,6 +163,36 @@ func buildExtProc(where string, ep *extprocfilterv3.ExternalProcessor) (*extProc
 		}
 	}
 	return c, nil
+}
+
+// checkModeOverrides accepts the mode overrides the stand-in reproduces: a
+// response_body_mode BUFFERED (or NONE) with request bodies NONE, named by
+// allowed_override_modes. Without that list Envoy lets the server pick any mode,
+// including body modes the stand-in does not run, so it refuses the config.
+func checkModeOverrides(where string, c *extProcConfig) error {
+	if !c.allowModeOverride {
+		return nil
+	}
+	if len(c.allowedOverrides) == 0 {
+		return fmt.Errorf("%s: allow_mode_override without allowed_override_modes: %w (the stand-in runs only response_body_mode BUFFERED overrides)", where, ErrUnsupported)
+	}
+	for i, m := range c.allowedOverrides {
+		if m.GetRequestBodyMode() != extprocfilterv3.ProcessingMode_NONE ||
+			(m.GetResponseBodyMode() != extprocfilterv3.ProcessingMode_NONE && m.GetResponseBodyMode() != extprocfilterv3.ProcessingMode_BUFFERED) ||
+			m.GetRequestTrailerMode() == extprocfilterv3.ProcessingMode_SEND || m.GetResponseTrailerMode() == extprocfilterv3.ProcessingMode_SEND {
+			return fmt.Errorf("%s: allowed_override_modes[%d]: %w (request bodies NONE, response_body_mode NONE or BUFFERED, no trailers)", where, i, ErrUnsupported)
+		}
+	}
+	return nil
+}
+
+// statusOnErrorCode is FilterConfig::toErrorCode (ext_proc.h): only 4xx and 5xx
+// statuses, anything else (unset included) is 500.
+func statusOnErrorCode(code int) int {
+	if code >= 400 && code <= 599 {
+		return code
+	}
+	return defaultStatusOnError
 }
 
 // checkProcessingMode accepts header modes DEFAULT/SEND/SKIP, bodies NONE and

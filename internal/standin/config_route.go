@@ -8,11 +8,13 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 type routeConfig struct {
-	vhosts  []*virtualHost
-	headers headerOps
+	vhosts         []*virtualHost
+	headers        headerOps
+	filterDisabled map[string]bool
 }
 
 type virtualHost struct {
@@ -22,8 +24,17 @@ type virtualHost struct {
 	includeAttemptCountInResponse bool
 	routes                        []*route
 	headers                       headerOps
-	bufferLimit                   *uint64
+	bodyLimit                     bufferLimits
 	retry                         *retryPolicy
+	filterDisabled                map[string]bool
+	rc                            *routeConfig
+}
+
+// bufferLimits are the request_body_buffer_limit and the legacy
+// per_request_buffer_limit_bytes of a route or virtual host (nil: unset).
+type bufferLimits struct {
+	current *uint64
+	legacy  *uint64
 }
 
 type route struct {
@@ -38,7 +49,8 @@ type route struct {
 	timeout         time.Duration // 0 disables the route timeout
 	retry           *retryPolicy
 	headers         headerOps
-	bufferLimit     *uint64
+	bodyLimit       bufferLimits
+	filterDisabled  map[string]bool
 }
 
 // headerOps are the literal request/response header additions and removals of a
@@ -53,17 +65,21 @@ type headerOps struct {
 type headerAdd struct {
 	key       string
 	value     string
+	format    *headerFormat // nil: value is literal
 	action    corev3.HeaderValueOption_HeaderAppendAction
 	keepEmpty bool
 }
 
 func buildRouteConfig(rc *routev3.RouteConfiguration) (*routeConfig, error) {
 	if err := onlyFields("route_config", rc, "name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove",
-		"response_headers_to_add", "response_headers_to_remove", "validate_clusters"); err != nil {
+		"response_headers_to_add", "response_headers_to_remove", "validate_clusters", "typed_per_filter_config"); err != nil {
 		return nil, err
 	}
 	out := &routeConfig{}
 	var err error
+	if out.filterDisabled, err = buildPerFilterConfig("route_config", rc.GetTypedPerFilterConfig()); err != nil {
+		return nil, err
+	}
 	if out.headers, err = buildHeaderOps("route_config", rc.GetRequestHeadersToAdd(), rc.GetRequestHeadersToRemove(), rc.GetResponseHeadersToAdd(), rc.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
@@ -74,6 +90,7 @@ func buildRouteConfig(rc *routev3.RouteConfiguration) (*routeConfig, error) {
 			errs = append(errs, err)
 			continue
 		}
+		v.rc = out
 		out.vhosts = append(out.vhosts, v)
 	}
 	return out, errors.Join(errs...)
@@ -83,7 +100,7 @@ func buildVirtualHost(vh *routev3.VirtualHost) (*virtualHost, error) {
 	where := fmt.Sprintf("virtual host %q", vh.GetName())
 	if err := onlyFields(where, vh, "name", "domains", "routes", "include_request_attempt_count", "include_attempt_count_in_response",
 		"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove",
-		"per_request_buffer_limit_bytes", "request_body_buffer_limit", "retry_policy"); err != nil {
+		"per_request_buffer_limit_bytes", "request_body_buffer_limit", "retry_policy", "typed_per_filter_config"); err != nil {
 		return nil, err
 	}
 	v := &virtualHost{
@@ -93,10 +110,13 @@ func buildVirtualHost(vh *routev3.VirtualHost) (*virtualHost, error) {
 		includeAttemptCountInResponse: vh.GetIncludeAttemptCountInResponse(),
 	}
 	var err error
+	if v.filterDisabled, err = buildPerFilterConfig(where, vh.GetTypedPerFilterConfig()); err != nil {
+		return nil, err
+	}
 	if v.headers, err = buildHeaderOps(where, vh.GetRequestHeadersToAdd(), vh.GetRequestHeadersToRemove(), vh.GetResponseHeadersToAdd(), vh.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
-	v.bufferLimit = bufferLimitOf(vh.GetRequestBodyBufferLimit().GetValue(), vh.GetRequestBodyBufferLimit() != nil, vh.GetPerRequestBufferLimitBytes().GetValue(), vh.GetPerRequestBufferLimitBytes() != nil)
+	v.bodyLimit = bufferLimitsOf(vh.GetRequestBodyBufferLimit().GetValue(), vh.GetRequestBodyBufferLimit() != nil, vh.GetPerRequestBufferLimitBytes().GetValue(), vh.GetPerRequestBufferLimitBytes() != nil)
 	if vh.GetRetryPolicy() != nil {
 		if v.retry, err = buildRetryPolicy(where+" retry_policy", vh.GetRetryPolicy()); err != nil {
 			return nil, err
@@ -114,23 +134,41 @@ func buildVirtualHost(vh *routev3.VirtualHost) (*virtualHost, error) {
 	return v, errors.Join(errs...)
 }
 
-func bufferLimitOf(v64 uint64, has64 bool, v32 uint32, has32 bool) *uint64 {
-	switch {
-	case has64:
-		return &v64
-	case has32:
+func bufferLimitsOf(v64 uint64, has64 bool, v32 uint32, has32 bool) bufferLimits {
+	var b bufferLimits
+	if has64 {
+		b.current = &v64
+	}
+	if has32 {
 		v := uint64(v32)
-		return &v
+		b.legacy = &v
+	}
+	return b
+}
+
+// routeBodyLimit is getRequestBodyBufferLimit (source/common/router/config_impl.cc):
+// the route's request_body_buffer_limit, the virtual host's, the route's
+// per_request_buffer_limit_bytes, the virtual host's; nil when none is set.
+func routeBodyLimit(vh *virtualHost, rt *route) *uint64 {
+	for _, v := range []*uint64{rt.bodyLimit.current, vh.bodyLimit.current, rt.bodyLimit.legacy, vh.bodyLimit.legacy} {
+		if v != nil {
+			return v
+		}
 	}
 	return nil
 }
 
 func buildRoute(where string, r *routev3.Route) (*route, error) {
 	if err := onlyFields(where, r, "name", "match", "route", "request_headers_to_add", "request_headers_to_remove",
-		"response_headers_to_add", "response_headers_to_remove", "per_request_buffer_limit_bytes", "request_body_buffer_limit", "decorator"); err != nil {
+		"response_headers_to_add", "response_headers_to_remove", "per_request_buffer_limit_bytes", "request_body_buffer_limit", "decorator",
+		"typed_per_filter_config"); err != nil {
 		return nil, err
 	}
 	out := &route{name: r.GetName(), caseSensitive: true}
+	var perr error
+	if out.filterDisabled, perr = buildPerFilterConfig(where, r.GetTypedPerFilterConfig()); perr != nil {
+		return nil, perr
+	}
 	m := r.GetMatch()
 	if err := onlyFields(where+" match", m, "prefix", "path", "case_sensitive"); err != nil {
 		return nil, err
@@ -173,8 +211,55 @@ func buildRoute(where string, r *routev3.Route) (*route, error) {
 	if out.headers, err = buildHeaderOps(where, r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove(), r.GetResponseHeadersToAdd(), r.GetResponseHeadersToRemove()); err != nil {
 		return nil, err
 	}
-	out.bufferLimit = bufferLimitOf(r.GetRequestBodyBufferLimit().GetValue(), r.GetRequestBodyBufferLimit() != nil, r.GetPerRequestBufferLimitBytes().GetValue(), r.GetPerRequestBufferLimitBytes() != nil)
+	out.bodyLimit = bufferLimitsOf(r.GetRequestBodyBufferLimit().GetValue(), r.GetRequestBodyBufferLimit() != nil, r.GetPerRequestBufferLimitBytes().GetValue(), r.GetPerRequestBufferLimitBytes() != nil)
 	return out, nil
+}
+
+// buildPerFilterConfig reads typed_per_filter_config. The stand-in runs the generic
+// envoy.config.route.v3.FilterConfig with `disabled` (and is_optional) only: the filter
+// of that name, downstream or upstream, is left out of the request's chains
+// (FilterChainUtility::createFilterChainForFactories asks the route's filterDisabled,
+// and the upstream filter manager shares the downstream route). Filter-specific
+// per-route configs are refused.
+func buildPerFilterConfig(where string, m map[string]*anypb.Any) (map[string]bool, error) {
+	if len(m) == 0 {
+		return nil, nil
+	}
+	out := map[string]bool{}
+	for name, a := range m {
+		w := fmt.Sprintf("%s typed_per_filter_config[%q]", where, name)
+		fc := &routev3.FilterConfig{}
+		if err := unpack(w, a, typeRouteFilterConf, fc); err != nil {
+			return nil, err
+		}
+		if err := onlyFields(w, fc, "disabled", "is_optional"); err != nil {
+			return nil, err
+		}
+		out[name] = fc.GetDisabled()
+	}
+	return out, nil
+}
+
+// filterDisabled is RouteEntryImplBase::filterDisabled (config_impl.cc): the route's
+// setting, else the virtual host's, else the route configuration's; ok is false when
+// none names the filter.
+func filterDisabled(vh *virtualHost, rt *route, name string) (disabled, ok bool) {
+	if rt != nil {
+		if d, ok := rt.filterDisabled[name]; ok {
+			return d, true
+		}
+	}
+	if vh != nil {
+		if d, ok := vh.filterDisabled[name]; ok {
+			return d, true
+		}
+		if vh.rc != nil {
+			if d, ok := vh.rc.filterDisabled[name]; ok {
+				return d, true
+			}
+		}
+	}
+	return false, false
 }
 
 func buildHeaderOps(where string, reqAdd []*corev3.HeaderValueOption, reqRemove []string, respAdd []*corev3.HeaderValueOption, respRemove []string) (headerOps, error) {
@@ -207,8 +292,9 @@ func buildHeaderAdds(where string, opts []*corev3.HeaderValueOption, appendDefau
 		if len(o.GetHeader().GetRawValue()) > 0 {
 			v = string(o.GetHeader().GetRawValue())
 		}
-		if strings.Contains(v, "%") {
-			return nil, fmt.Errorf("%s %q: %w: substitution formatters (%%...%%) in header values", where, o.GetHeader().GetKey(), ErrUnsupported)
+		format, err := parseHeaderFormat(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", where, o.GetHeader().GetKey(), err)
 		}
 		action := o.GetAppendAction()
 		if o.GetAppend() != nil {
@@ -220,18 +306,24 @@ func buildHeaderAdds(where string, opts []*corev3.HeaderValueOption, appendDefau
 		} else if !appendDefault && !hasField(o, "append_action") {
 			action = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 		}
-		out = append(out, headerAdd{key: strings.ToLower(o.GetHeader().GetKey()), value: v, action: action, keepEmpty: o.GetKeepEmptyValue()})
+		out = append(out, headerAdd{key: strings.ToLower(o.GetHeader().GetKey()), value: v, format: format, action: action, keepEmpty: o.GetKeepEmptyValue()})
 	}
 	return out, nil
 }
 
-// apply performs the additions of adds on h, as HeaderParser::evaluateHeaders: empty
-// values are skipped unless keep_empty_value.
-func applyHeaderAdds(adds []headerAdd, h *headerMap) {
+// applyHeaderAdds performs the additions of adds on h, as
+// HeaderParser::evaluateHeaders: values are formatted first (md is the stream's
+// dynamic metadata), empty values are skipped unless keep_empty_value.
+func applyHeaderAdds(adds []headerAdd, h *headerMap, md *dynamicMetadata) {
 	for _, a := range adds {
-		if a.value == "" && !a.keepEmpty {
+		value := a.value
+		if a.format != nil {
+			value = a.format.format(md)
+		}
+		if value == "" && !a.keepEmpty {
 			continue
 		}
+		a.value = value
 		switch a.action {
 		case corev3.HeaderValueOption_ADD_IF_ABSENT:
 			if !h.has(a.key) {

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // extProcFilter is one ext_proc filter instance of one attempt: the upstream filter
@@ -20,68 +23,163 @@ type extProcFilter struct {
 	p       *Proxy
 	cfg     *extProcConfig
 	cluster *upstreamCluster
+	// metadata is the stream's dynamic metadata (the upstream filter manager shares
+	// the downstream stream info, upstream_request.cc UpstreamFilterManager).
+	metadata *dynamicMetadata
+	start    time.Time // the downstream request's start (StreamInfo::startTime)
 
-	stream   extprocv3.ExternalProcessor_ProcessClient
-	cancel   context.CancelFunc
-	recv     chan recvResult
-	complete bool // processing_complete_: the filter no longer talks to the server
+	stream        *grpcStream
+	attrsSent     bool
+	mode          *extprocfilterv3.ProcessingMode // this request's mode (mode_override may change it)
+	protocolSent  bool
+	complete      bool // processing_complete_: the filter no longer talks to the server
+	inHeaderState bool // a headers message waits for its answer (inHeaderProcessState)
 }
 
-type recvResult struct {
-	msg *extprocv3.ProcessingResponse
-	err error
+const processMethod = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+
+func newExtProcFilter(p *Proxy, cfg *extProcConfig, md *dynamicMetadata, start time.Time) *extProcFilter {
+	return &extProcFilter{p: p, cfg: cfg, cluster: p.clusters[cfg.cluster], metadata: md, start: start, mode: cfg.mode}
 }
+
+// extProcFilterName is the attributes key of ext_proc's messages (FilterName, ext_proc.cc).
+const extProcFilterName = "envoy.filters.http.ext_proc"
 
 func (f *extProcFilter) close() {
-	if f.cancel != nil {
-		if f.stream != nil {
-			_ = f.stream.CloseSend()
-		}
-		f.cancel()
-		f.cancel = nil
+	if f.stream != nil {
+		f.stream.close()
+		f.stream = nil
 	}
 }
 
-// open starts the Process() stream on a healthy host of the ext_proc cluster, with the
-// filter's initial_metadata as gRPC metadata.
-func (f *extProcFilter) open(ctx context.Context) error {
-	h := f.cluster.pick()
-	if h == nil {
-		return fmt.Errorf("ext_proc cluster %s: %w", f.cluster.cfg.name, errNoHealthyUpstream)
-	}
+// open starts the Process() stream with the filter's initial_metadata. As in Envoy
+// the stream is asynchronous: host selection, the connection, retries of
+// grpc_service.retry_policy all happen while the first message waits for its answer,
+// so message_timeout covers them (ext_proc.cc onHeaders starts the message timer
+// right after openStream, before any connection exists).
+func (f *extProcFilter) open(ctx context.Context) {
 	f.cluster.markTraffic()
-	conn, err := f.cluster.grpcConn(h, f.p.opts, f.cfg.authority)
-	if err != nil {
-		return err
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	md := metadata.MD{}
-	for _, kv := range f.cfg.metadata {
-		md.Append(kv[0], kv[1])
-	}
-	sctx = metadata.NewOutgoingContext(sctx, md)
-	stream, err := extprocv3.NewExternalProcessorClient(conn).Process(sctx)
-	if err != nil {
-		cancel()
-		return fmt.Errorf("open ext_proc stream: %w", err)
-	}
 	f.p.stats.extProcStreams.Add(1)
-	f.stream, f.cancel = stream, cancel
-	f.recv = make(chan recvResult, 4)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			select {
-			case f.recv <- recvResult{msg: m, err: err}:
-			case <-sctx.Done():
-				return
-			}
-			if err != nil {
-				return
-			}
+	f.stream = startGrpcStream(ctx, grpcTarget{cluster: f.cluster, authority: f.cfg.authority, metadata: f.cfg.metadata, policy: f.cfg.retry},
+		processMethod, func() proto.Message { return &extprocv3.ProcessingResponse{} })
+}
+
+// decorate adds what every message carries: the forwarded dynamic metadata
+// (Filter::addDynamicMetadata: metadata_options.forwarding_namespaces, always set,
+// empty when nothing matches) and, on the stream's first message, the protocol
+// configuration (Filter::encodeProtocolConfig).
+func (f *extProcFilter) decorate(req *extprocv3.ProcessingRequest) {
+	req.MetadataContext = f.metadata.forward(f.cfg.forwardUntyped, f.cfg.forwardTyped)
+	if len(f.cfg.requestAttributes) > 0 && !f.attrsSent && (req.GetRequestHeaders() != nil || req.GetRequestBody() != nil) {
+		// Filter::addAttributes: the request attributes go once, with the first request
+		// message; a CEL timestamp is printed by absl::FormatTime (RFC 3339, UTC).
+		req.Attributes = map[string]*structpb.Struct{extProcFilterName: {Fields: map[string]*structpb.Value{
+			"request.time": structpb.NewStringValue(f.start.UTC().Format("2006-01-02T15:04:05.999999999-07:00")),
+		}}}
+		f.attrsSent = true
+	}
+	if !f.protocolSent {
+		req.ProtocolConfig = &extprocv3.ProtocolConfiguration{
+			RequestBodyMode:                         f.mode.GetRequestBodyMode(),
+			ResponseBodyMode:                        f.mode.GetResponseBodyMode(),
+			SendBodyWithoutWaitingForHeaderResponse: f.cfg.sendBodyEarly,
 		}
-	}()
-	return nil
+		f.protocolSent = true
+	}
+}
+
+// send sends one message, opening the stream on the first.
+func (f *extProcFilter) send(ctx context.Context, req *extprocv3.ProcessingRequest) error {
+	if f.stream == nil {
+		f.open(ctx)
+	}
+	f.decorate(req)
+	return f.stream.send(req)
+}
+
+// await waits for the answer to the message just sent, within message_timeout
+// (override_message_timeout may extend it up to max_message_timeout,
+// Filter::onNewTimeout). It returns the answer, or a local reply, or neither when the
+// filter is done (processing complete, or the request ended).
+func (f *extProcFilter) await(ctx context.Context) (*extprocv3.ProcessingResponse, *localReply) {
+	timer := time.NewTimer(f.cfg.messageTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// The request itself ended (client gone, route timeout, pool failure);
+			// the router reports that.
+			f.complete = true
+			return nil, nil
+		case <-timer.C:
+			return nil, f.onMessageTimeout()
+		case r := <-f.stream.recv:
+			if r.err != nil {
+				if errors.Is(r.err, io.EOF) {
+					// The server closed the stream with OK: Envoy treats that as
+					// "processing complete" and continues without the filter, even with
+					// failure_mode_allow false (Filter::onGrpcClose).
+					f.complete = true
+					return nil, nil
+				}
+				return nil, f.onGrpcError(r.err)
+			}
+			msg := r.msg.(*extprocv3.ProcessingResponse)
+			if d := msg.GetOverrideMessageTimeout(); d != nil {
+				if nt := d.AsDuration(); f.cfg.maxMessageTimeout > 0 && nt <= f.cfg.maxMessageTimeout && nt >= time.Millisecond {
+					timer.Reset(nt)
+				}
+				continue
+			}
+			return msg, nil
+		}
+	}
+}
+
+// maybeOverrideMode applies a headers answer's mode_override (Filter::onReceiveMessage):
+// only with allow_mode_override, without send_body_without_waiting_for_header_response,
+// while a headers message is pending, and when the effective mode is in
+// allowed_override_modes (every field but request_header_mode compared,
+// AllowedOverrideModesSet). The effective mode is the configured one with the
+// override's non-DEFAULT header and trailer modes and both of its body modes
+// (effectiveModeOverride).
+func (f *extProcFilter) maybeOverrideMode(msg *extprocv3.ProcessingResponse) {
+	o := msg.GetModeOverride()
+	if o == nil || !f.cfg.allowModeOverride || f.cfg.sendBodyEarly || !f.inHeaderState {
+		return
+	}
+	eff := proto.Clone(f.cfg.mode).(*extprocfilterv3.ProcessingMode)
+	if o.GetRequestHeaderMode() != extprocfilterv3.ProcessingMode_DEFAULT {
+		eff.RequestHeaderMode = o.GetRequestHeaderMode()
+	}
+	if o.GetResponseHeaderMode() != extprocfilterv3.ProcessingMode_DEFAULT {
+		eff.ResponseHeaderMode = o.GetResponseHeaderMode()
+	}
+	if o.GetRequestTrailerMode() != extprocfilterv3.ProcessingMode_DEFAULT {
+		eff.RequestTrailerMode = o.GetRequestTrailerMode()
+	}
+	if o.GetResponseTrailerMode() != extprocfilterv3.ProcessingMode_DEFAULT {
+		eff.ResponseTrailerMode = o.GetResponseTrailerMode()
+	}
+	eff.RequestBodyMode = o.GetRequestBodyMode()
+	eff.ResponseBodyMode = o.GetResponseBodyMode()
+	for _, a := range f.cfg.allowedOverrides {
+		if a.GetResponseHeaderMode() == eff.GetResponseHeaderMode() && a.GetRequestBodyMode() == eff.GetRequestBodyMode() &&
+			a.GetResponseBodyMode() == eff.GetResponseBodyMode() && a.GetRequestTrailerMode() == eff.GetRequestTrailerMode() &&
+			a.GetResponseTrailerMode() == eff.GetResponseTrailerMode() {
+			f.mode = eff
+			f.p.stats.modeOverrides.Add(1)
+			return
+		}
+	}
+	f.p.logf("ext_proc mode_override %v not in allowed_override_modes: ignored", eff)
+}
+
+// wantsResponseBody reports whether the response body goes to the server: the
+// (possibly overridden) response_body_mode is BUFFERED and the response has a body
+// (ProcessorState::handleHeaderContinue).
+func (f *extProcFilter) wantsResponseBody(endOfStream bool) bool {
+	return !f.complete && !endOfStream && f.mode.GetResponseBodyMode() == extprocfilterv3.ProcessingMode_BUFFERED
 }
 
 // headersToProto is MutationUtils::headersToProto: every header, pseudo-headers
@@ -102,6 +200,7 @@ type phase int
 const (
 	phaseRequest phase = iota
 	phaseResponse
+	phaseResponseBody
 )
 
 // onHeaders runs one header phase: send the headers, wait for the answer within
@@ -110,13 +209,9 @@ func (f *extProcFilter) onHeaders(ctx context.Context, ph phase, h *headerMap, e
 	if f.complete {
 		return nil
 	}
-	if (ph == phaseRequest && !f.cfg.sendReqHeaders) || (ph == phaseResponse && !f.cfg.sendRespHeaders) {
+	if (ph == phaseRequest && f.mode.GetRequestHeaderMode() == extprocfilterv3.ProcessingMode_SKIP) ||
+		(ph == phaseResponse && f.mode.GetResponseHeaderMode() == extprocfilterv3.ProcessingMode_SKIP) {
 		return nil
-	}
-	if f.stream == nil {
-		if err := f.open(ctx); err != nil {
-			return f.onGrpcError(err)
-		}
 	}
 	hh := &extprocv3.HttpHeaders{Headers: f.headersToProto(h), EndOfStream: endOfStream}
 	req := &extprocv3.ProcessingRequest{}
@@ -125,57 +220,68 @@ func (f *extProcFilter) onHeaders(ctx context.Context, ph phase, h *headerMap, e
 	} else {
 		req.Request = &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: hh}
 	}
-	if err := f.stream.Send(req); err != nil {
-		// A failed Send hides the stream's status; the receiving goroutine reports it.
-		if !errors.Is(err, io.EOF) {
-			return f.onGrpcError(err)
-		}
-		select {
-		case r := <-f.recv:
-			if errors.Is(r.err, io.EOF) {
-				// Closed cleanly by the server: processing complete, go on.
-				f.complete = true
-				return nil
-			}
-			if r.err != nil {
-				err = r.err
-			}
-		case <-time.After(f.cfg.messageTimeout):
-		}
+	if err := f.send(ctx, req); err != nil {
 		return f.onGrpcError(err)
 	}
-	timeout := f.cfg.messageTimeout
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			// The request itself ended (client gone or route timeout); the router
-			// reports that.
-			f.complete = true
-			return nil
-		case <-timer.C:
-			return f.onMessageTimeout()
-		case r := <-f.recv:
-			if r.err != nil {
-				if errors.Is(r.err, io.EOF) {
-					// The server closed the stream cleanly: Envoy treats that as
-					// "processing complete" and continues without the filter.
-					f.complete = true
-					return nil
-				}
-				return f.onGrpcError(r.err)
-			}
-			if d := r.msg.GetOverrideMessageTimeout(); d != nil {
-				// Honoured only up to max_message_timeout (Filter::onNewTimeout).
-				if nt := d.AsDuration(); f.cfg.maxMessageTimeout > 0 && nt <= f.cfg.maxMessageTimeout && nt > 0 {
-					timer.Reset(nt)
-				}
-				continue
-			}
-			return f.handle(ph, h, r.msg)
+	f.inHeaderState = true
+	msg, lr := f.await(ctx)
+	if msg == nil {
+		f.inHeaderState = false
+		return lr
+	}
+	f.maybeOverrideMode(msg)
+	f.inHeaderState = false
+	return f.handle(ph, h, msg)
+}
+
+// onResponseBody sends the buffered response body in one message and applies the
+// answer (ProcessorState::handleBufferedBodyCallback in processor_state.cc): its header
+// mutation goes to the held response headers (processHeaderMutationIfAvailable), its
+// body mutation replaces or clears the body (after checking a content-length against
+// the new body, validateContentLength). message_timeout starts when the body is sent
+// (sendBodyChunk). It returns the body to forward, or a local reply.
+func (f *extProcFilter) onResponseBody(ctx context.Context, h *headerMap, body []byte) ([]byte, *localReply) {
+	req := &extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{
+		ResponseBody: &extprocv3.HttpBody{Body: body, EndOfStream: true}}}
+	if err := f.send(ctx, req); err != nil {
+		return body, f.onGrpcError(err)
+	}
+	msg, lr := f.await(ctx)
+	if msg == nil {
+		return body, lr
+	}
+	br := msg.GetResponseBody()
+	if br == nil {
+		return body, f.handle(phaseResponseBody, h, msg)
+	}
+	cr := br.GetResponse()
+	if cr.GetHeaderMutation() != nil {
+		res, err := applyHeaderMutation(cr.GetHeaderMutation(), h, false, f.cfg.checker, f.p.opts.HonourAppendAction)
+		f.p.stats.rejectedMutations.Add(uint64(res.rejected))
+		if err != nil {
+			return body, f.mutationError(err)
 		}
 	}
+	if bm := cr.GetBodyMutation(); bm != nil {
+		var next []byte
+		switch m := bm.GetMutation().(type) {
+		case *extprocv3.BodyMutation_Body:
+			next = m.Body
+		case *extprocv3.BodyMutation_ClearBody:
+			if !m.ClearBody {
+				next = body
+			}
+		default:
+			next = body
+		}
+		if cl, ok := h.get("content-length"); ok {
+			if n, err := strconv.Atoi(cl); err == nil && n != len(next) {
+				return body, f.mutationError(fmt.Errorf("mismatch between content length and the length of the mutated body"))
+			}
+		}
+		body = next
+	}
+	return body, nil
 }
 
 func (f *extProcFilter) handle(ph phase, h *headerMap, m *extprocv3.ProcessingResponse) *localReply {
@@ -199,21 +305,34 @@ func (f *extProcFilter) handle(ph phase, h *headerMap, m *extprocv3.ProcessingRe
 			return nil
 		}
 		f.p.stats.extProcErrors.Add(1)
-		return newLocalReply(f.cfg.statusOnError, "", "ext_proc_error_spurious_message")
+		return filterError(f.cfg.statusOnError, "ext_proc_error_spurious_message")
 	}
 	cr := hr.GetResponse()
 	replacing := cr.GetStatus() == extprocv3.CommonResponse_CONTINUE_AND_REPLACE
 	res, err := applyHeaderMutation(cr.GetHeaderMutation(), h, replacing, f.cfg.checker, f.p.opts.HonourAppendAction)
 	f.p.stats.rejectedMutations.Add(uint64(res.rejected))
 	if err != nil {
-		// A refused mutation always ends in status_on_error, failure_mode_allow or not
-		// (Filter::handleErrorResponse).
-		f.complete = true
-		f.p.stats.extProcErrors.Add(1)
-		f.p.logf("ext_proc mutation rejected: %v", err)
-		return newLocalReply(f.cfg.statusOnError, "", "ext_proc_error_mutation")
+		return f.mutationError(err)
+	}
+	if replacing {
+		// CONTINUE_AND_REPLACE ends the processing of this direction's body
+		// (handleHeaderContinueAndReplace: body_mode_ = NONE).
+		if ph == phaseResponse && f.mode.GetResponseBodyMode() != extprocfilterv3.ProcessingMode_NONE {
+			m := proto.Clone(f.mode).(*extprocfilterv3.ProcessingMode)
+			m.ResponseBodyMode = extprocfilterv3.ProcessingMode_NONE
+			f.mode = m
+		}
 	}
 	return nil
+}
+
+// mutationError: a refused mutation always ends in status_on_error,
+// failure_mode_allow or not (Filter::handleErrorResponse).
+func (f *extProcFilter) mutationError(err error) *localReply {
+	f.complete = true
+	f.p.stats.extProcErrors.Add(1)
+	f.p.logf("ext_proc mutation rejected: %v", err)
+	return filterError(f.cfg.statusOnError, "ext_proc_error_mutation")
 }
 
 // onGrpcError is Filter::onGrpcError: a failed stream answers status_on_error (500 by
@@ -226,7 +345,7 @@ func (f *extProcFilter) onGrpcError(err error) *localReply {
 	}
 	f.p.stats.extProcErrors.Add(1)
 	f.p.logf("ext_proc stream failed: %v", err)
-	return newLocalReply(f.cfg.statusOnError, "", fmt.Sprintf("ext_proc_error_gRPC_error_%d", status.Code(err)))
+	return filterError(f.cfg.statusOnError, fmt.Sprintf("ext_proc_error_gRPC_error_%d", status.Code(err)))
 }
 
 // onMessageTimeout is Filter::onMessageTimeout: 504 when the server does not answer
@@ -239,5 +358,5 @@ func (f *extProcFilter) onMessageTimeout() *localReply {
 		return nil
 	}
 	f.p.logf("ext_proc message timeout after %s", f.cfg.messageTimeout)
-	return newLocalReply(504, "", "ext_proc_error_per-message_timeout_exceeded")
+	return filterError(504, "ext_proc_error_per-message_timeout_exceeded")
 }

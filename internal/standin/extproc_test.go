@@ -117,3 +117,76 @@ func TestExtProcUnreachable(t *testing.T) {
 		t.Fatalf("upstream reached %d times", n)
 	}
 }
+
+// An ImmediateResponse goes through the downstream sendLocalReply
+// (UpstreamFilterManager::sendLocalReply, upstream_request.cc): the route's response
+// header operations run first and the reply's own headers after them
+// (DownstreamFilterManager::sendLocalReplyViaFilterChain, filter_manager.cc), so
+// response_headers_to_remove cannot strip a header the reply sets; and it gets no
+// x-envoy-attempt-count, which only the router adds (router.cc modify_headers_) to
+// upstream responses and its own local replies.
+func TestImmediateResponseHeaderOrder(t *testing.T) {
+	p := params{
+		"VHostExtra": "include_attempt_count_in_response: true\n              response_headers_to_add: [{header: {key: x-route, value: from-route}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]",
+	}
+	tests := []struct {
+		name        string
+		answer      answerFunc
+		upstream    func(int, http.ResponseWriter, *http.Request)
+		wantStatus  int
+		wantRoute   string
+		wantMarker  string
+		wantAttempt string
+	}{
+		{
+			name: "immediate response",
+			answer: func(int, *extprocv3.ProcessingRequest) answer {
+				return immediate(429, "exhausted", setHeader("x-route", "from-reply"), setHeader("x-keypool-retry", "1"))
+			},
+			wantStatus: 429, wantRoute: "from-reply", wantMarker: "1", wantAttempt: "",
+		},
+		{
+			name:       "upstream response",
+			answer:     markOn(),
+			wantStatus: 200, wantRoute: "from-route", wantMarker: "", wantAttempt: "1",
+		},
+		{
+			name:       "router local reply (reset)",
+			answer:     markOn(),
+			upstream:   func(int, http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) },
+			wantStatus: 503, wantRoute: "from-route", wantMarker: "", wantAttempt: "1",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			px, _, _ := keypoolSetup(t, p, tc.answer, tc.upstream)
+			st, hdr, _ := do(t, px, "POST", "/v1/chat/completions", "{}", nil)
+			if st != tc.wantStatus {
+				t.Fatalf("status %d, want %d", st, tc.wantStatus)
+			}
+			if got := hdr.Get("X-Route"); got != tc.wantRoute {
+				t.Errorf("x-route %q, want %q", got, tc.wantRoute)
+			}
+			if got := hdr.Get("X-Keypool-Retry"); got != tc.wantMarker {
+				t.Errorf("x-keypool-retry %q, want %q (response_headers_to_remove runs before the reply's own headers)", got, tc.wantMarker)
+			}
+			if got := hdr.Get("X-Envoy-Attempt-Count"); got != tc.wantAttempt {
+				t.Errorf("x-envoy-attempt-count %q, want %q", got, tc.wantAttempt)
+			}
+		})
+	}
+}
+
+// status_on_error outside 4xx and 5xx is 500 (FilterConfig::toErrorCode in ext_proc.h).
+func TestStatusOnErrorRange(t *testing.T) {
+	for code, want := range map[string]int{"503": 503, "400": 400, "511": 511, "302": 500, "200": 500, "100": 500} {
+		t.Run(code, func(t *testing.T) {
+			px, _, _ := keypoolSetup(t, params{"StatusOnError": code}, func(int, *extprocv3.ProcessingRequest) answer {
+				return answer{err: status.Error(codes.Internal, "boom")}
+			}, nil)
+			if st, _, _ := do(t, px, "GET", "/v1/models", "", nil); st != want {
+				t.Fatalf("status_on_error %s: status %d, want %d", code, st, want)
+			}
+		})
+	}
+}

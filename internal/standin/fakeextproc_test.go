@@ -52,8 +52,15 @@ func startFakeExtProc(t *testing.T, fn answerFunc) *fakeExtProc {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startFakeExtProcOn(t, ln, fn)
+}
+
+// startFakeExtProcOn serves the fake on ln (a Unix socket, say) with server options
+// (TLS credentials, say).
+func startFakeExtProcOn(t *testing.T, ln net.Listener, fn answerFunc, opts ...grpc.ServerOption) *fakeExtProc {
+	t.Helper()
 	f := &fakeExtProc{addr: ln.Addr().String(), health: health.NewServer(), answer: fn}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	extprocv3.RegisterExternalProcessorServer(srv, f)
 	healthpb.RegisterHealthServer(srv, f.health)
 	go func() { _ = srv.Serve(ln) }()

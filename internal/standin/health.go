@@ -5,9 +5,10 @@ import (
 	"errors"
 	"time"
 
-	"google.golang.org/grpc/codes"
+	"io"
+
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // hcFailure classifies a failed check as health_checker_impl.cc does: a network
@@ -97,27 +98,39 @@ func (p *Proxy) runHealthChecks(ctx context.Context, c *upstreamCluster, h *host
 	}
 }
 
-// checkOnce runs one grpc.health.v1.Health/Check against h.
+// checkOnce runs one grpc.health.v1.Health/Check against h on the health checker's own
+// connection, classified as GrpcActiveHealthCheckSession does
+// (extensions/health_checkers/grpc/health_checker_impl.cc): a reset, refused stream,
+// connect failure or timeout is a network failure; an answer with a non-OK gRPC status
+// or a status other than SERVING is an active failure.
 func (p *Proxy) checkOnce(ctx context.Context, c *upstreamCluster, h *host) hcFailure {
-	conn, err := c.healthConn(h, p.opts)
-	if err != nil {
-		return hcNetwork
-	}
 	cctx, cancel := context.WithTimeout(ctx, c.cfg.health.timeout)
 	defer cancel()
-	resp, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: c.cfg.health.serviceName})
-	if err != nil {
-		if errors.Is(cctx.Err(), context.DeadlineExceeded) {
+	authority := c.cfg.health.authority
+	s := startGrpcStream(cctx, grpcTarget{cluster: c, authority: authority, host: h, pool: c.healthPool(h)},
+		"/grpc.health.v1.Health/Check", func() proto.Message { return &healthpb.HealthCheckResponse{} })
+	defer s.close()
+	_ = s.send(&healthpb.HealthCheckRequest{Service: c.cfg.health.serviceName})
+	s.closeSend()
+	var resp *healthpb.HealthCheckResponse
+	for {
+		select {
+		case <-cctx.Done():
+			return hcNetwork
+		case r := <-s.recv:
+			switch {
+			case r.msg != nil:
+				resp = r.msg.(*healthpb.HealthCheckResponse)
+				continue
+			case errors.Is(r.err, io.EOF):
+				if resp == nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+					return hcActive
+				}
+				return hcOK
+			case s.answered():
+				return hcActive
+			}
 			return hcNetwork
 		}
-		switch status.Code(err) {
-		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-			return hcNetwork
-		}
-		return hcActive
 	}
-	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		return hcActive
-	}
-	return hcOK
 }

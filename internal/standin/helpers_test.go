@@ -93,6 +93,8 @@ type upstream struct {
 }
 
 type recordedRequest struct {
+	remote string // the client address: one per upstream connection
+	proto  string
 	method string
 	path   string
 	host   string
@@ -112,7 +114,7 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	u.mu.Lock()
 	n := len(u.requests)
-	u.requests = append(u.requests, recordedRequest{method: r.Method, path: r.URL.RequestURI(), host: r.Host, header: r.Header.Clone(), body: string(body)})
+	u.requests = append(u.requests, recordedRequest{remote: r.RemoteAddr, proto: r.Proto, method: r.Method, path: r.URL.RequestURI(), host: r.Host, header: r.Header.Clone(), body: string(body)})
 	h := u.handler
 	u.mu.Unlock()
 	if h == nil {

@@ -32,8 +32,8 @@ type mutationResult struct {
 // source/extensions/filters/http/ext_proc/mutation_utils.cc:
 //   - removals first, then set_headers in order;
 //   - a header value is read from raw_value only (current Envoy sends and reads
-//     raw_value; setting both value and raw_value is an error, setting only value
-//     writes an empty value);
+//     raw_value; with both set raw_value wins, with only value the header is set
+//     empty);
 //   - only the deprecated `append` BoolValue is honoured, default false (overwrite):
 //     Envoy's ext_proc ignores HeaderValueOption.append_action (envoy issue #36982;
 //     PRs #29862 and #37139 were closed unmerged) unless appendActions is true, which
@@ -75,10 +75,9 @@ func applyHeaderMutation(m *extprocv3.HeaderMutation, h *headerMap, replacing bo
 		if hdr == nil {
 			continue
 		}
-		if hdr.GetValue() != "" && len(hdr.GetRawValue()) > 0 {
-			res.rejected++
-			return res, fmt.Errorf("%w: only one of value or raw_value may be set", errMutation)
-		}
+		// Only raw_value is read: with both set, raw_value wins; with only value, the
+		// header is set empty (MutationUtils::applyHeaderMutations reads
+		// sh.header().raw_value()).
 		value := string(hdr.GetRawValue())
 		if !headerNameIsValid(hdr.GetKey()) || !headerValueIsValid(value) {
 			res.rejected++

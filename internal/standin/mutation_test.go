@@ -2,7 +2,10 @@ package standin
 
 import (
 	"errors"
+	"fmt"
+	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	mutationrulesv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
@@ -187,7 +190,6 @@ func TestInvalidMutationIsError(t *testing.T) {
 	}{
 		{"bad name", &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader("bad name", "v")}}},
 		{"bad value", &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader("x", "a\r\nb")}}},
-		{"value and raw_value", &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x", Value: "a", RawValue: []byte("b")}}}}},
 		{"bad remove", &extprocv3.HeaderMutation{RemoveHeaders: []string{"a b"}}},
 	}
 	for _, tc := range tests {
@@ -198,12 +200,146 @@ func TestInvalidMutationIsError(t *testing.T) {
 			}
 		})
 	}
-	// `value` alone is not read: current Envoy takes raw_value, so the header is set empty.
-	h := mapOf()
-	if _, err := applyHeaderMutation(&extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x", Value: "a"}}}}, h, false, c, false); err != nil {
-		t.Fatal(err)
+}
+
+// Only raw_value is read (mutation_utils.cc applyHeaderMutations reads
+// sh.header().raw_value()): with both fields set raw_value wins; `value` alone sets
+// the header empty.
+func TestMutationReadsRawValue(t *testing.T) {
+	c, _ := newMutationChecker(nil)
+	tests := []struct {
+		name  string
+		value string
+		raw   string
+		want  string
+	}{
+		{"raw_value only", "", "b", "b"},
+		{"value and raw_value", "a", "b", "b"},
+		{"value only", "a", "", ""},
 	}
-	if v, _ := h.get("x"); v != "" {
-		t.Fatalf("value-only header = %q, want empty (raw_value is read)", v)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := mapOf()
+			m := &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x", Value: tc.value, RawValue: []byte(tc.raw)}}}}
+			if _, err := applyHeaderMutation(m, h, false, c, false); err != nil {
+				t.Fatal(err)
+			}
+			if v, ok := h.get("x"); !ok || v != tc.want {
+				t.Fatalf("x = %q (present %v), want %q", v, ok, tc.want)
+			}
+		})
+	}
+}
+
+// A mutation that leaves more than 100 headers or 60 KiB fails the message
+// (MutationUtils::headerMutationResultCheck), as does one that removes or sets more
+// than 100 headers (responseHeaderSizeCheck).
+func TestMutationHeaderLimits(t *testing.T) {
+	c, _ := newMutationChecker(nil)
+	many := func(n, size int) *extprocv3.HeaderMutation {
+		m := &extprocv3.HeaderMutation{}
+		for i := range n {
+			m.SetHeaders = append(m.SetHeaders, setHeader(fmt.Sprintf("x-h%d", i), strings.Repeat("v", size)))
+		}
+		return m
+	}
+	tests := []struct {
+		name    string
+		start   int // headers already present
+		m       *extprocv3.HeaderMutation
+		wantErr bool
+	}{
+		{"100 sets on an empty map", 0, many(100, 1), false},
+		{"101 sets", 0, many(101, 1), true},
+		{"101 removes", 0, &extprocv3.HeaderMutation{RemoveHeaders: strings.Split(strings.Repeat("a,", 101)[:201], ",")}, true},
+		{"101 headers after the mutation", 60, many(41, 1), true},
+		{"100 headers after the mutation", 60, many(40, 1), false},
+		{"over 60 KiB after the mutation", 0, many(2, 31*1024), true},
+		{"under 60 KiB after the mutation", 0, many(2, 29*1024), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := mapOf()
+			for i := range tc.start {
+				h.add(fmt.Sprintf("x-old%d", i), "v")
+			}
+			_, err := applyHeaderMutation(tc.m, h, false, c, false)
+			if gotErr := errors.Is(err, errMutation); gotErr != tc.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
+			}
+		})
+	}
+	// Through the filter, the refused message is status_on_error (500).
+	px, _, up := keypoolSetup(t, nil, func(_ int, req *extprocv3.ProcessingRequest) answer {
+		if req.GetRequestHeaders() != nil {
+			return answer{resp: headersResponse(req, many(2, 31*1024))}
+		}
+		return answer{}
+	}, nil)
+	if st, _, _ := do(t, px, "POST", "/v1/chat/completions", "{}", nil); st != 500 {
+		t.Fatalf("status %d, want 500", st)
+	}
+	if n := len(up.recorded()); n != 0 {
+		t.Fatalf("upstream reached %d times", n)
+	}
+}
+
+// An upstream ext_proc may set :path under the default mutation rules (only host,
+// :authority, :method, :scheme and x-envoy-* are blocked, and a ':' header can be
+// neither appended to nor removed: mutation_rules.cc Checker::isAllowed). The router
+// hands the shared header map to upstream_codec after the upstream filters
+// (upstream_codec_filter.cc decodeHeaders), so the rewritten path goes upstream, and as
+// it is rewritten in place every retry carries it too.
+func TestUpstreamExtProcRewritesPath(t *testing.T) {
+	appendTo := func(k, v string) *corev3.HeaderValueOption {
+		o := setHeader(k, v)
+		o.Append = wrapperspb.Bool(true)
+		return o
+	}
+	var seenPaths []string
+	var mu sync.Mutex
+	answer := func(_ int, req *extprocv3.ProcessingRequest) answer {
+		if req.GetRequestHeaders() == nil {
+			if st, _ := headerOf(req, ":status"); st == "429" {
+				return answer{resp: headersResponse(req, &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setHeader("x-keypool-retry", "1")}})}
+			}
+			return answer{}
+		}
+		p, _ := headerOf(req, ":path")
+		mu.Lock()
+		seenPaths = append(seenPaths, p)
+		mu.Unlock()
+		clean := strings.Split(p, "?")[0]
+		return answer{resp: headersResponse(req, &extprocv3.HeaderMutation{
+			SetHeaders:    []*corev3.HeaderValueOption{setHeader(":path", clean), appendTo(":path", "/x"), appendTo(":authority", "evil")},
+			RemoveHeaders: []string{":method"},
+		})}
+	}
+	px, _, up := keypoolSetup(t, nil, answer, func(n int, w http.ResponseWriter, _ *http.Request) {
+		if n == 0 {
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	if st, _, _ := do(t, px, "POST", "/v1/models/gemini:generateContent?key=client-key", "{}", nil); st != 200 {
+		t.Fatalf("status %d", st)
+	}
+	reqs := up.recorded()
+	if len(reqs) != 2 {
+		t.Fatalf("%d attempts, want 2", len(reqs))
+	}
+	for i, r := range reqs {
+		if r.path != "/v1/models/gemini:generateContent" || r.method != "POST" {
+			t.Errorf("attempt %d: %s %s, want POST with the rewritten path", i+1, r.method, r.path)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seenPaths) != 2 || seenPaths[1] != "/v1/models/gemini:generateContent" {
+		t.Errorf("ext_proc saw paths %v; the retry must carry the rewritten path", seenPaths)
+	}
+	if n := px.Stats().RejectedMutations; n != 6 {
+		t.Errorf("rejected mutations %d, want 6 (append to :path and :authority, remove :method, on both attempts)", n)
 	}
 }

@@ -46,8 +46,15 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// logf writes one line to Options.Log. After Close nothing is written: streams and
+// dials still winding down must not write to a log their owner closed.
 func (p *Proxy) logf(format string, args ...any) {
 	if p.opts.Log == nil {
+		return
+	}
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	if p.logClosed {
 		return
 	}
 	_, _ = fmt.Fprintf(p.opts.Log, "envoy-standin: "+format+"\n", args...)

@@ -18,6 +18,9 @@ type Proxy struct {
 	clusters map[string]*upstreamCluster
 	stats    counters
 
+	logMu     sync.Mutex // protects logClosed and writes to opts.Log
+	logClosed bool
+
 	mu       sync.Mutex // protects the fields below
 	ln       net.Listener
 	srv      *http.Server
@@ -47,9 +50,7 @@ func New(bs *bootstrapv3.Bootstrap, opts Options) (*Proxy, error) {
 	}
 	p := &Proxy{opts: opts, cfg: cfg, clusters: map[string]*upstreamCluster{}}
 	for name, cc := range cfg.clusters {
-		c := newUpstreamCluster(cc, opts)
-		c.newTransport(opts)
-		p.clusters[name] = c
+		p.clusters[name] = newUpstreamCluster(p, cc)
 	}
 	return p, nil
 }
@@ -165,6 +166,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for _, c := range p.clusters {
 		c.close()
 	}
+	p.logMu.Lock()
+	p.logClosed = true
+	p.logMu.Unlock()
 	p.mu.Lock()
 	serveErr := p.serveErr
 	p.mu.Unlock()

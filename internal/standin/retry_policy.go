@@ -6,7 +6,10 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	// Registers PreviousHostsPredicate, the retry host predicate the stand-in runs.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 )
 
 // retryOn bits, the RETRY_ON_* flags of envoy/router/router.h.
@@ -62,6 +65,24 @@ type retryPolicy struct {
 	maxInterval             time.Duration
 	resetHeaders            []resetHeader
 	resetMaxInterval        time.Duration
+	// previousHosts is the envoy.retry_host_predicates.previous_hosts predicate: a
+	// retry re-picks up to hostSelectionMaxAttempts times to avoid a host already tried.
+	previousHosts            bool
+	hostSelectionMaxAttempts int64
+}
+
+const typePreviousHosts = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+
+// readHostPredicates accepts the previous_hosts predicate, the one the stand-in
+// implements.
+func (rp *retryPolicy) readHostPredicates(where string, names []string, typeURLs []string) error {
+	for i, n := range names {
+		if n != "envoy.retry_host_predicates.previous_hosts" || (typeURLs[i] != "" && typeURLs[i] != typePreviousHosts) {
+			return fmt.Errorf("%s: retry_host_predicate[%d] %q: %w (only envoy.retry_host_predicates.previous_hosts)", where, i, n, ErrUnsupported)
+		}
+		rp.previousHosts = true
+	}
+	return nil
 }
 
 type resetHeader struct {
@@ -71,20 +92,20 @@ type resetHeader struct {
 
 func buildRetryPolicy(where string, p *routev3.RetryPolicy) (*retryPolicy, error) {
 	if err := onlyFields(where, p, "retry_on", "num_retries", "per_try_timeout", "retriable_status_codes", "retry_back_off",
-		"rate_limited_retry_back_off", "retriable_headers", "retriable_request_headers", "host_selection_retry_max_attempts"); err != nil {
+		"rate_limited_retry_back_off", "retriable_headers", "retriable_request_headers", "host_selection_retry_max_attempts",
+		"retry_host_predicate"); err != nil {
 		return nil, err
 	}
-	rp := &retryPolicy{numRetries: 1, baseInterval: 25 * time.Millisecond}
-	for _, tok := range strings.Split(p.GetRetryOn(), ",") {
-		tok = strings.TrimSpace(tok)
-		if tok == "" {
-			continue
-		}
-		bit, ok := retryOnNames[tok]
-		if !ok {
-			return nil, fmt.Errorf("%s: retry_on: unknown value %q", where, tok)
-		}
-		rp.retryOn |= bit
+	rp := &retryPolicy{numRetries: 1, baseInterval: 25 * time.Millisecond, hostSelectionMaxAttempts: p.GetHostSelectionRetryMaxAttempts()}
+	var names, types []string
+	for _, hp := range p.GetRetryHostPredicate() {
+		names, types = append(names, hp.GetName()), append(types, hp.GetTypedConfig().GetTypeUrl())
+	}
+	if err := rp.readHostPredicates(where, names, types); err != nil {
+		return nil, err
+	}
+	if err := rp.parseRetryOn(where, p.GetRetryOn()); err != nil {
+		return nil, err
 	}
 	if p.GetNumRetries() != nil {
 		rp.numRetries = p.GetNumRetries().GetValue()
@@ -128,6 +149,59 @@ func buildRetryPolicy(where string, p *routev3.RetryPolicy) (*retryPolicy, error
 		}
 	}
 	return rp, nil
+}
+
+// buildCoreRetryPolicy reads the config.core.v3.RetryPolicy of a grpc_service as
+// Http::Utility::convertCoreToRouteRetryPolicy (source/common/http/utility.cc) turns
+// it into a route policy: num_retries 1 and a back-off of 1 s (max 10 s) by default.
+// The converted policy also gets a per-try timeout equal to the back-off's maximum,
+// which starts only when the stream's request side ends (router.cc onRequestComplete);
+// ext_proc never half-closes its stream, so the stand-in leaves it out.
+func buildCoreRetryPolicy(where string, p *corev3.RetryPolicy) (*retryPolicy, error) {
+	if err := onlyFields(where, p, "retry_back_off", "num_retries", "retry_on", "retry_host_predicate", "host_selection_retry_max_attempts"); err != nil {
+		return nil, err
+	}
+	rp := &retryPolicy{numRetries: 1, baseInterval: time.Second, maxInterval: 10 * time.Second, hostSelectionMaxAttempts: p.GetHostSelectionRetryMaxAttempts()}
+	if err := rp.parseRetryOn(where, p.GetRetryOn()); err != nil {
+		return nil, err
+	}
+	if p.GetNumRetries() != nil {
+		rp.numRetries = p.GetNumRetries().GetValue()
+	}
+	if b := p.GetRetryBackOff(); b != nil {
+		if b.GetBaseInterval() == nil {
+			return nil, fmt.Errorf("%s: retry_back_off.base_interval is required", where)
+		}
+		rp.baseInterval = b.GetBaseInterval().AsDuration()
+		rp.maxInterval = durationOr(b.GetMaxInterval(), 10*rp.baseInterval)
+		if rp.maxInterval < rp.baseInterval {
+			return nil, fmt.Errorf("%s: retry_back_off.max_interval must be >= base_interval", where)
+		}
+	}
+	var names, types []string
+	for _, hp := range p.GetRetryHostPredicate() {
+		names, types = append(names, hp.GetName()), append(types, hp.GetTypedConfig().GetTypeUrl())
+	}
+	if err := rp.readHostPredicates(where, names, types); err != nil {
+		return nil, err
+	}
+	return rp, nil
+}
+
+// parseRetryOn reads a retry_on list of HTTP and gRPC conditions.
+func (rp *retryPolicy) parseRetryOn(where, list string) error {
+	for _, tok := range strings.Split(list, ",") {
+		tok = strings.TrimSpace(tok)
+		if tok == "" {
+			continue
+		}
+		bit, ok := retryOnNames[tok]
+		if !ok {
+			return fmt.Errorf("%s: retry_on: unknown value %q", where, tok)
+		}
+		rp.retryOn |= bit
+	}
+	return nil
 }
 
 // retryDecision is RetryState::RetryDecision.
@@ -187,18 +261,28 @@ func (p *retryPolicy) wouldRetryFromHeaders(resp *headerMap) retryDecision {
 	return noRetry
 }
 
-// resetReason is why an attempt ended without response headers.
+// resetReason is why an attempt ended without response headers, Envoy's
+// Http::StreamResetReason as the stand-in can tell them apart.
 type resetReason int
 
 const (
-	resetConnectFailure resetReason = iota // the connection could not be made
-	resetRemote                            // the upstream reset or closed the stream
-	resetPerTryTimeout                     // the stand-in gave up on the attempt
+	resetConnectFailure resetReason = iota // Local/RemoteConnectionFailure, ConnectionTimeout
+	resetRemote                            // RemoteReset or ConnectionTermination
+	resetRefusedStream                     // RemoteRefusedStreamReset (HTTP/2 REFUSED_STREAM, GOAWAY)
+	resetPerTryTimeout                     // LocalReset from the per-try timeout
+	resetOverflow                          // Overflow: a circuit breaker refused the stream
 )
 
-// wouldRetryFromReset is RetryStateImpl::wouldRetryFromReset. started says whether
-// bytes of the request reached the upstream.
+// wouldRetryFromReset is RetryStateImpl::wouldRetryFromReset (retry_state_impl.cc),
+// in its order: overflow never retries; a connect failure retries with
+// connect-failure; reset-before-request when no byte of the request went upstream
+// (started is first_upstream_tx_byte_sent, set once upstream_codec encoded the
+// headers); then reset, then 5xx and gateway-error (a reset becomes a 5xx), then
+// refused-stream for a refused stream.
 func (p *retryPolicy) wouldRetryFromReset(reason resetReason, started bool) retryDecision {
+	if reason == resetOverflow {
+		return noRetry
+	}
 	if reason == resetConnectFailure && p.retryOn&retryOnConnectFailure != 0 {
 		return retryWithBackoff
 	}
@@ -208,8 +292,10 @@ func (p *retryPolicy) wouldRetryFromReset(reason resetReason, started bool) retr
 	if p.retryOn&retryOnReset != 0 {
 		return retryWithBackoff
 	}
-	// Envoy counts a reset as a 5xx, since it becomes one.
 	if p.retryOn&(retryOn5xx|retryOnGatewayError) != 0 {
+		return retryWithBackoff
+	}
+	if p.retryOn&retryOnRefusedStream != 0 && reason == resetRefusedStream {
 		return retryWithBackoff
 	}
 	return noRetry

@@ -76,3 +76,32 @@ func TestMatchVirtualHost(t *testing.T) {
 		}
 	}
 }
+
+// A route's FilterConfig{disabled} names a filter of any chain: the upstream filter
+// manager builds its chain with the downstream route (FilterChainUtility::
+// createFilterChainForFactories asks route->filterDisabled; the upstream filter
+// manager shares the downstream stream info), so it turns the upstream ext_proc off.
+func TestRouteDisablesUpstreamFilterByName(t *testing.T) {
+	const disable = `typed_per_filter_config: {envoy.filters.http.ext_proc: {"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true}}`
+	for _, tc := range []struct {
+		name       string
+		routeExtra string
+		wantStream int
+	}{
+		{"enabled", "", 1},
+		{"disabled by the route", disable, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			px, ep, up := keypoolSetup(t, params{"RouteExtra": tc.routeExtra}, nil, nil)
+			if st, _, _ := do(t, px, "GET", "/v1/models", "", nil); st != 200 {
+				t.Fatalf("status %d", st)
+			}
+			if n := len(ep.recorded()); n != tc.wantStream {
+				t.Fatalf("%d ext_proc streams, want %d", n, tc.wantStream)
+			}
+			if len(up.recorded()) != 1 {
+				t.Fatal("the provider was not reached")
+			}
+		})
+	}
+}

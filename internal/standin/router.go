@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,6 +19,7 @@ var (
 // ServeHTTP runs one downstream request through the connection manager and the router.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.stats.requests.Add(1)
+	start := p.opts.Now()
 	req := downstreamHeaders(r)
 	p.mutateRequestHeaders(r, req)
 
@@ -29,21 +31,101 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt = vh.matchRoute(path)
 	}
 	if rt == nil {
-		// The connection manager answers 404 when no route matches (route_not_found).
-		p.writeLocal(w, newLocalReply(http.StatusNotFound, "", "route_not_found"), vh, nil, req, 0)
+		// The connection manager answers 404 when no route matches (route_not_found);
+		// without a route no route header operations apply.
+		p.writeLocal(w, newLocalReply(http.StatusNotFound, "", "route_not_found"), nil, nil, req, 0, nil)
 		return
 	}
 	c := p.clusters[rt.cluster]
-	p.applyRouteToRequest(req, vh, rt)
 
-	rr := &routedRequest{p: p, w: w, r: r, req: req, vh: vh, rt: rt, cluster: c}
-	rr.policy = p.effectiveRetryPolicy(vh, rt, c)
-	rr.filters = p.cfg.hcm.routerFilters
+	rr := &routedRequest{p: p, w: w, r: r, req: req, vh: vh, rt: rt, cluster: c, metadata: &dynamicMetadata{}, start: start}
+	if lr := rr.runDownstreamFilters(); lr != nil {
+		rr.finishLocal(lr)
+		return
+	}
+	// The router, last of the downstream filters.
+	policy := p.effectiveRetryPolicy(vh, rt, c)
+	rr.timeouts = finalTimeouts(rt.timeout, policy, req)
+	rr.policy = retryStateFor(policy, req)
+	p.applyRouteToRequest(req, vh, rt, rr.timeouts, rr.metadata)
+	chain := p.cfg.hcm.routerFilters
 	if c.cfg.hasFilters {
 		// The cluster's upstream filters win over the router's (HttpProtocolOptions.http_filters).
-		rr.filters = c.cfg.filters
+		chain = c.cfg.filters
+	}
+	for _, f := range chain {
+		if !rr.enabled(f.name, f.disabled) {
+			continue
+		}
+		rr.filters = append(rr.filters, f)
 	}
 	rr.serve()
+}
+
+// enabled applies a filter's own `disabled` and the route's FilterConfig for its name.
+func (rr *routedRequest) enabled(name string, disabledByDefault bool) bool {
+	if d, ok := filterDisabled(rr.vh, rr.rt, name); ok {
+		return !d
+	}
+	return !disabledByDefault
+}
+
+// runDownstreamFilters runs the connection manager's filters before the router on the
+// request. json_to_metadata, when it runs (not disabled for the route, not skipped by
+// its match_delegate matcher), buffers the whole body up to the stream's buffer limit
+// (past it the filter manager answers 413, ActiveStreamDecoderFilter::
+// requestDataTooLarge in filter_manager.cc) and writes the stream's dynamic metadata;
+// the body then goes on to the router.
+func (rr *routedRequest) runDownstreamFilters() *localReply {
+	for _, f := range rr.p.cfg.hcm.downstream {
+		if !rr.enabled(f.name, f.disabled) || f.matcher.skips(rr.req) {
+			continue
+		}
+		j := f.json
+		ct, _ := rr.req.get("content-type")
+		var out structMap
+		switch {
+		case !j.contentTypeAllowed(ct):
+			out = j.mismatchedContentType(rr.metadata)
+		case !rr.requestHasBody():
+			out = j.allOnMissing(rr.metadata)
+		default:
+			body, ok, err := rr.bufferWholeBody(streamBufferLimit(rr.p, rr.vh, rr.rt))
+			if err != nil {
+				panic(http.ErrAbortHandler) // the client went away mid-body
+			}
+			if !ok {
+				lr := newLocalReply(http.StatusRequestEntityTooLarge, "Payload Too Large", "request_payload_too_large")
+				lr.fromFilter = true
+				return lr
+			}
+			out = j.processBody(body, rr.metadata)
+		}
+		for ns, s := range out {
+			rr.metadata.merge(ns, s)
+		}
+	}
+	return nil
+}
+
+func (rr *routedRequest) requestHasBody() bool {
+	return rr.r.Body != nil && rr.r.Body != http.NoBody && rr.r.ContentLength != 0
+}
+
+// bufferWholeBody reads the request body, up to limit bytes; ok is false past it.
+func (rr *routedRequest) bufferWholeBody(limit uint64) ([]byte, bool, error) {
+	if rr.whole {
+		return rr.wholeBody, true, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(rr.r.Body, int64(limit)+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if uint64(len(b)) > limit {
+		return nil, false, nil
+	}
+	rr.wholeBody, rr.whole = b, true
+	return b, true, nil
 }
 
 // effectiveRetryPolicy picks the policy of this request: the cluster's
@@ -66,32 +148,48 @@ func (p *Proxy) effectiveRetryPolicy(vh *virtualHost, rt *route, c *upstreamClus
 	return &cp
 }
 
-// bufferLimit is the request body buffered for retries: the route's
-// request_body_buffer_limit (or per_request_buffer_limit_bytes), else the virtual
-// host's, else the listener's per-connection buffer limit (1 MiB by default). Since
-// Envoy 1.37 the route's value wins over the virtual host's.
+// bufferLimit is the request body buffered for retries (Filter::
+// calculateEffectiveBufferLimit in router.cc): the route's limit (routeBodyLimit), else
+// the stream's, which is the listener's per_connection_buffer_limit_bytes (1 MiB by
+// default).
 func (rr *routedRequest) bufferLimit() uint64 {
-	switch {
-	case rr.rt.bufferLimit != nil:
-		return *rr.rt.bufferLimit
-	case rr.vh.bufferLimit != nil:
-		return *rr.vh.bufferLimit
+	if v := routeBodyLimit(rr.vh, rr.rt); v != nil {
+		return *v
 	}
 	return rr.p.cfg.hcm.bufferLimit
 }
 
+// streamBufferLimit is the filter manager's buffer limit, which bounds what filters
+// buffer (a buffered response body, json_to_metadata's request body): the listener's
+// limit, raised (never lowered) to the route's when the route is picked
+// (ActiveStream::refreshBufferLimit in conn_manager_impl.cc).
+func streamBufferLimit(p *Proxy, vh *virtualHost, rt *route) uint64 {
+	limit := p.cfg.hcm.bufferLimit
+	if rt != nil {
+		if v := routeBodyLimit(vh, rt); v != nil && *v > limit {
+			limit = *v
+		}
+	}
+	return limit
+}
+
 // routedRequest is one downstream request after routing.
 type routedRequest struct {
-	p       *Proxy
-	w       http.ResponseWriter
-	r       *http.Request
-	req     *headerMap // the one header map every attempt shares
-	vh      *virtualHost
-	rt      *route
-	cluster *upstreamCluster
-	policy  *retryPolicy
-	filters []*filterConfig
+	p        *Proxy
+	w        http.ResponseWriter
+	r        *http.Request
+	req      *headerMap // the one header map every attempt shares
+	vh       *virtualHost
+	rt       *route
+	cluster  *upstreamCluster
+	policy   *retryPolicy // the retry state; nil: never retried
+	timeouts timeouts
+	filters  []*filterConfig
+	metadata *dynamicMetadata // the stream's dynamic metadata
+	start    time.Time        // when the request arrived
 
+	wholeBody  []byte // the whole request body, once a downstream filter buffered it
+	whole      bool
 	body       []byte    // buffered body, replayed on every attempt
 	bodyStream io.Reader // set when the body outgrew the buffer limit: no retry possible
 	hasBody    bool
@@ -99,10 +197,19 @@ type routedRequest struct {
 }
 
 func (rr *routedRequest) readBody() error {
-	if rr.r.Body == nil || rr.r.Body == http.NoBody || rr.r.ContentLength == 0 {
+	if !rr.requestHasBody() {
 		return nil
 	}
 	limit := rr.bufferLimit()
+	if rr.whole {
+		rr.hasBody = len(rr.wholeBody) > 0
+		if uint64(len(rr.wholeBody)) > limit {
+			rr.bodyStream = bytes.NewReader(rr.wholeBody)
+			return nil
+		}
+		rr.body = rr.wholeBody
+		return nil
+	}
 	buf, err := io.ReadAll(io.LimitReader(rr.r.Body, int64(limit)+1))
 	if err != nil {
 		return err
@@ -130,8 +237,8 @@ func (rr *routedRequest) serve() {
 	var cancel context.CancelCauseFunc
 	ctx, cancel = context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if rr.rt.timeout > 0 {
-		t := time.AfterFunc(rr.rt.timeout, func() { cancel(errRouteTimeout) })
+	if rr.timeouts.global > 0 {
+		t := time.AfterFunc(rr.timeouts.global, func() { cancel(errRouteTimeout) })
 		defer t.Stop()
 	}
 
@@ -141,13 +248,13 @@ func (rr *routedRequest) serve() {
 	var backoff *jitteredBackoff
 	if policy != nil {
 		retriesLeft = policy.numRetries
-		retryOn = policy.retryOn != 0 && policy.requestAllowsRetry(rr.req)
+		retryOn = policy.retryOn != 0
 		backoff = newJitteredBackoff(policy.baseInterval, policy.maxInterval, p.opts.Rand)
 	}
 	holdingRetry := false
 	releaseRetry := func() {
 		if holdingRetry {
-			rr.cluster.endRetry()
+			rr.cluster.res.endRetry()
 			holdingRetry = false
 		}
 	}
@@ -188,11 +295,11 @@ func (rr *routedRequest) serve() {
 				p.stats.retryLimitExceeded.Add(1)
 			default:
 				retriesLeft--
-				if rr.cluster.tryStartRetry() {
+				if rr.cluster.res.tryStartRetry() {
 					holdingRetry, retry = true, true
 				} else {
 					p.stats.retriesOverflow.Add(1)
-					p.logf("retry refused by circuit breaker of cluster %s (max_retries %d)", rr.cluster.cfg.name, rr.cluster.cfg.maxRetries)
+					p.logf("retry refused by circuit breaker of cluster %s (max_retries %d)", rr.cluster.cfg.name, rr.cluster.cfg.limits.maxRetries)
 				}
 			}
 		}
@@ -211,7 +318,10 @@ func (rr *routedRequest) serve() {
 				delay = lowerBoundBackoff(d, p.opts.Rand)
 			}
 		}
-		out.discard()
+		// A retried response with a body resets its upstream stream, which closes an
+		// HTTP/1.1 connection (router.cc onUpstreamHeaders: resetStream unless the
+		// response ended with its headers and the request was fully sent).
+		out.discardForRetry()
 		p.logf("retrying request to cluster %s in %s (attempt %d)", rr.cluster.cfg.name, delay, rr.attempts+1)
 		t := time.NewTimer(delay)
 		select {
@@ -239,13 +349,17 @@ func resetReply(out *attemptOutcome) *localReply {
 	if out.reset == resetPerTryTimeout {
 		return newLocalReply(http.StatusGatewayTimeout, "upstream request timeout", "upstream_per_try_timeout")
 	}
-	reason := "connection termination"
-	if out.reset == resetConnectFailure {
-		reason = "remote connection failure"
-	}
-	return newLocalReply(http.StatusServiceUnavailable,
+	reason := map[resetReason]string{
+		resetConnectFailure: "remote connection failure",
+		resetRemote:         "connection termination",
+		resetRefusedStream:  "remote refused stream reset",
+		resetOverflow:       "overflow",
+	}[out.reset]
+	lr := newLocalReply(http.StatusServiceUnavailable,
 		"upstream connect error or disconnect/reset before headers. reset reason: "+reason,
-		"upstream_reset_before_response_started")
+		"upstream_reset_before_response_started{"+strings.ReplaceAll(reason, " ", "_")+"}")
+	lr.overloaded = out.reset == resetOverflow
+	return lr
 }
 
 func (rr *routedRequest) finishLocal(lr *localReply) {
@@ -253,14 +367,13 @@ func (rr *routedRequest) finishLocal(lr *localReply) {
 		// The client is gone; nothing to write.
 		return
 	}
-	rr.p.writeLocal(rr.w, lr, rr.vh, rr.rt, rr.req, rr.attempts)
+	rr.p.writeLocal(rr.w, lr, rr.vh, rr.rt, rr.req, rr.attempts, rr.metadata)
 }
 
-func (p *Proxy) writeLocal(w http.ResponseWriter, lr *localReply, vh *virtualHost, rt *route, req *headerMap, attempts int) {
+func (p *Proxy) writeLocal(w http.ResponseWriter, lr *localReply, vh *virtualHost, rt *route, req *headerMap, attempts int, md *dynamicMetadata) {
 	p.stats.localReplies.Add(1)
-	h := lr.headers.clone()
-	p.finalizeResponse(h, vh, rt, req, attempts)
-	h.set("content-length", strconv.Itoa(len(lr.body)))
+	h := p.localReplyHeaders(lr, vh, rt, attempts, md)
+	p.connectionManagerResponseHeaders(h, req)
 	p.logf("local reply %s (%s)", h.values(":status"), lr.details)
 	writeHeaders(w, h)
 	_, _ = io.WriteString(w, lr.body)
@@ -271,7 +384,9 @@ func (p *Proxy) writeLocal(w http.ResponseWriter, lr *localReply, vh *virtualHos
 func (rr *routedRequest) forward(ctx context.Context, out *attemptOutcome) {
 	defer out.discard()
 	h := out.resp
-	rr.p.finalizeResponse(h, rr.vh, rr.rt, rr.req, rr.attempts)
+	rr.p.finalizeRouteResponse(h, rr.vh, rr.rt, rr.metadata)
+	routerResponseHeaders(h, rr.vh, rr.attempts)
+	rr.p.connectionManagerResponseHeaders(h, rr.req)
 	writeHeaders(rr.w, h)
 	rc := http.NewResponseController(rr.w)
 	_ = rc.Flush()

@@ -18,12 +18,19 @@ type Stats struct {
 	FailureModeAllowed   uint64 // ext_proc failure_mode_allowed
 	HealthChecks         uint64 // health_check.attempt
 	RetriesSkippedBuffer uint64 // retries abandoned because the body outgrew the buffer
+	PendingOverflow      uint64 // upstream_rq_pending_overflow: max_pending_requests or max_requests refused a stream
+	ConnectionOverflow   uint64 // upstream_cx_overflow: max_connections held a stream back
+	UpstreamConnResets   uint64 // HTTP/1.1 connections closed because their response was retried
+	GrpcRetries          uint64 // retries of gRPC streams (grpc_service.retry_policy)
+	ModeOverrides        uint64 // ext_proc mode_override answers applied
 }
 
 type counters struct {
 	requests, attempts, retries, retriesOverflow, retryLimitExceeded, localReplies atomic.Uint64
 	extProcStreams, extProcErrors, immediateResponses, rejectedMutations           atomic.Uint64
 	failureModeAllowed, healthChecks, retriesSkippedBuffer                         atomic.Uint64
+	pendingOverflow, connectionOverflow, upstreamConnResets, grpcRetries           atomic.Uint64
+	modeOverrides                                                                  atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters.
@@ -43,6 +50,11 @@ func (p *Proxy) Stats() Stats {
 		FailureModeAllowed:   c.failureModeAllowed.Load(),
 		HealthChecks:         c.healthChecks.Load(),
 		RetriesSkippedBuffer: c.retriesSkippedBuffer.Load(),
+		PendingOverflow:      c.pendingOverflow.Load(),
+		ConnectionOverflow:   c.connectionOverflow.Load(),
+		UpstreamConnResets:   c.upstreamConnResets.Load(),
+		GrpcRetries:          c.grpcRetries.Load(),
+		ModeOverrides:        c.modeOverrides.Load(),
 	}
 }
 

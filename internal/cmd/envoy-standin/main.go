@@ -4,6 +4,9 @@
 // configuration it does not implement.
 //
 //	envoy-standin --config envoy.yaml [--listen 127.0.0.1:10000] [--endpoint cluster=host:port,...] [--verbose]
+//
+// An endpoint may also be cluster=unix:/path/to.sock, a Unix domain socket (an Envoy
+// pipe address).
 package main
 
 import (
@@ -40,7 +43,7 @@ func (e endpointFlag) Set(v string) error {
 	for _, part := range strings.Split(v, ",") {
 		cluster, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if !ok || cluster == "" || addr == "" {
-			return fmt.Errorf("want cluster=host:port, got %q", part)
+			return fmt.Errorf("want cluster=host:port or cluster=unix:/path, got %q", part)
 		}
 		e[cluster] = append(e[cluster], addr)
 	}
@@ -55,7 +58,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	listen := fs.String("listen", "", "listen address, overriding the listener's (e.g. 127.0.0.1:0)")
 	verbose := fs.Bool("verbose", false, "log stand-in events to stderr")
 	endpoints := endpointFlag{}
-	fs.Var(endpoints, "endpoint", "override a cluster's endpoints: cluster=host:port (repeatable, comma-separated)")
+	fs.Var(endpoints, "endpoint", "override a cluster's endpoints: cluster=host:port or cluster=unix:/path (repeatable, comma-separated)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

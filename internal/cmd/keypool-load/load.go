@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/extprocfixture"
 )
 
 // errUnexpectedAnswer is an answer Envoy would not accept at that point of the
@@ -285,7 +287,7 @@ func (w *worker) attempt(ctx context.Context, st *stats, requestID string, n int
 	if err != nil {
 		return 0, err
 	}
-	resp, err := st.exchange(s, requestHeaders(w.o, requestID, n))
+	resp, err := st.exchange(s, extprocfixture.RequestHeaders(w.o.names(), requestID, n))
 	if err != nil {
 		return 0, err
 	}
@@ -363,4 +365,9 @@ func sets(m *extprocv3.HeaderMutation, name string) bool {
 		}
 	}
 	return false
+}
+
+// names are the header names of the shared request fixture, as the flags set them.
+func (o options) names() extprocfixture.Names {
+	return extprocfixture.Names{RequestID: o.requestID, AttemptCount: o.attemptCount}
 }

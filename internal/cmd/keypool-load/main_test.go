@@ -32,7 +32,6 @@ func startKeypool(t *testing.T, size int) string {
 	srv, err := extproc.NewServer(extproc.Options{
 		Targets: map[string]*extproc.Target{"openai": {
 			Pool: pool, Provider: providers.OpenAI{},
-			FailsOver: func(s int) bool { _, ok := providers.FailureReason(s); return ok },
 		}},
 		Headers: extproc.Headers{PoolMetadataKey: "x-keypool-pool", RequestID: "x-request-id",
 			AttemptCount: "x-envoy-attempt-count", RetryMarker: "x-keypool-retry"},

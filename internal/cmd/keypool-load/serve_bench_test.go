@@ -65,11 +65,13 @@ func newServeLikeKeypool(tb testing.TB) extprocv3.ExternalProcessorServer {
 	}
 	log := slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo)
 	srv, err := extproc.NewServer(extproc.Options{
-		Targets: map[string]*extproc.Target{pc.Name: {Pool: pool, Provider: prov, FailsOver: pc.FailsOver}},
+		Targets: map[string]*extproc.Target{pc.Name: {Pool: pool, Provider: prov, ModelHeader: pc.ModelHeader}},
 		Headers: extproc.Headers{PoolMetadataKey: cfg.Envoy.PoolMetadataKey, RequestID: cfg.Envoy.RequestIDHeader,
 			AttemptCount: cfg.Envoy.AttemptCountHeader, RetryMarker: cfg.Envoy.RetryMarkerHeader},
-		Logger:  log,
-		Metrics: extproc.NewMetrics(prometheus.NewRegistry()),
+		Logger:         log,
+		LogLevel:       slog.LevelInfo,
+		ClassifyBodies: cfg.Envoy.ClassifiesErrorBodies(),
+		Metrics:        extproc.NewMetrics(prometheus.NewRegistry()),
 	})
 	if err != nil {
 		tb.Fatal(err)

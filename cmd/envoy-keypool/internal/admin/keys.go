@@ -12,19 +12,46 @@ import (
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 )
 
-// keyView is one key in the key API.
+// keyView is one key in the key API: its key-wide state, the models for which it has
+// state of its own, and the last key failure this replica saw.
 type keyView struct {
-	ID        string     `json:"id"`
-	Hint      string     `json:"hint"`
-	Available bool       `json:"available"`
-	Reason    string     `json:"reason,omitempty"`
-	Until     *time.Time `json:"cooling_until,omitempty"`
-	Remaining float64    `json:"cooling_seconds_remaining,omitempty"`
+	ID   string `json:"id"`
+	Hint string `json:"hint"`
+	// Available: the key serves requests for models without state of their own.
+	Available bool `json:"available"`
+	scopeView
+	Models      []scopeView      `json:"models,omitempty"`
+	LastFailure *lastFailureView `json:"last_failure,omitempty"`
+}
+
+// scopeView is the state of a key for every model (Model empty) or for one model.
+type scopeView struct {
+	Model string `json:"model,omitempty"`
+	// Phase is available, cooling, or probing (the cooldown ended and one request
+	// at a time tries the key).
+	Phase  string     `json:"phase"`
+	Reason string     `json:"reason,omitempty"`
+	Until  *time.Time `json:"cooling_until,omitempty"`
+	// Remaining is the seconds until the cooldown ends, while cooling.
+	Remaining float64 `json:"cooling_seconds_remaining,omitempty"`
+	// Span is the cooldown's length; a failed probe doubles it.
+	Span float64 `json:"cooldown_seconds,omitempty"`
+	// ProbeUntil is when the probe in flight times out, while one is.
+	ProbeUntil *time.Time `json:"probe_until,omitempty"`
+}
+
+type lastFailureView struct {
+	Class  string    `json:"class"`
+	Action string    `json:"action"`
+	Status int       `json:"status"`
+	Model  string    `json:"model,omitempty"`
+	At     time.Time `json:"at"`
 }
 
 type poolView struct {
 	Name     string    `json:"name"`
 	Provider string    `json:"provider"`
+	Strategy string    `json:"strategy"`
 	Keys     []keyView `json:"keys"`
 }
 
@@ -32,15 +59,36 @@ func viewKeys(p *keypool.Pool) []keyView {
 	now := p.Now()
 	out := []keyView{}
 	for _, s := range p.Status() {
-		v := keyView{ID: s.Key.ID(), Hint: s.Key.Hint(), Available: s.Available(now)}
-		if !v.Available {
-			until := s.Cooldown.Until.UTC()
-			v.Reason, v.Until = string(s.Cooldown.Reason), &until
-			v.Remaining = math.Ceil(until.Sub(now).Seconds())
+		v := keyView{ID: s.Key.ID(), Hint: s.Key.Hint(), Available: s.Available(now), scopeView: viewScope(s.ScopeStatus, now)}
+		for _, m := range s.Models {
+			v.Models = append(v.Models, viewScope(m, now))
+		}
+		if f := s.LastFailure; f != nil {
+			v.LastFailure = &lastFailureView{Class: string(f.Class), Action: string(f.Action), Status: f.Status,
+				Model: f.Model, At: f.At.UTC()}
 		}
 		out = append(out, v)
 	}
 	return out
+}
+
+func viewScope(s keypool.ScopeStatus, now time.Time) scopeView {
+	v := scopeView{Model: s.Model, Phase: s.Phase.String()}
+	if s.Phase == keypool.PhaseAvailable {
+		return v
+	}
+	v.Reason = string(s.Reason)
+	v.Span = s.Span.Seconds()
+	if s.Phase == keypool.PhaseCooling {
+		until := s.Until.UTC()
+		v.Until = &until
+		v.Remaining = math.Ceil(until.Sub(now).Seconds())
+	}
+	if !s.ProbeUntil.IsZero() {
+		pu := s.ProbeUntil.UTC()
+		v.ProbeUntil = &pu
+	}
+	return v
 }
 
 // listKeys: GET /v1/keys, every pool's keys in priority order with their state in
@@ -48,7 +96,8 @@ func viewKeys(p *keypool.Pool) []keyView {
 func (h *Handler) listKeys(w http.ResponseWriter, _ *http.Request) {
 	pools := make([]poolView, 0, len(h.opts.Pools))
 	for _, p := range h.opts.Pools {
-		pools = append(pools, poolView{Name: p.Pool.Name(), Provider: p.Provider, Keys: viewKeys(p.Pool)})
+		pools = append(pools, poolView{Name: p.Pool.Name(), Provider: p.Provider, Strategy: string(p.Pool.Strategy()),
+			Keys: viewKeys(p.Pool)})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"pools": pools})
 }
@@ -71,27 +120,29 @@ func (h *Handler) disableKey(w http.ResponseWriter, r *http.Request) {
 	}
 	keyID := r.PathValue("key")
 	c, err := p.Disable(r.Context(), keyID, d)
-	if h.keyActionFailed(w, err) {
+	if h.keyActionFailed(w, p, err) {
 		return
 	}
 	h.opts.Logger.Info(r.Context(), "key disabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID),
-		slog.F("until", c.Until))
-	writeJSON(w, http.StatusOK, map[string]any{"pool": p.Name(), "keys": viewKeys(p)})
+		slog.F("until", c.Until), slog.F("pending_propagation", err != nil))
+	h.keyActionDone(w, p, err)
 }
 
 // enableKey: POST /v1/pools/{pool}/keys/{key}/enable, returning the key to rotation
-// now, whatever cooled it down.
+// now, for every model, whatever cooled it down.
 func (h *Handler) enableKey(w http.ResponseWriter, r *http.Request) {
 	p, ok := h.pool(w, r)
 	if !ok {
 		return
 	}
 	keyID := r.PathValue("key")
-	if h.keyActionFailed(w, p.Enable(r.Context(), keyID)) {
+	err := p.Enable(r.Context(), keyID)
+	if h.keyActionFailed(w, p, err) {
 		return
 	}
-	h.opts.Logger.Info(r.Context(), "key enabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID))
-	writeJSON(w, http.StatusOK, map[string]any{"pool": p.Name(), "keys": viewKeys(p)})
+	h.opts.Logger.Info(r.Context(), "key enabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID),
+		slog.F("pending_propagation", err != nil))
+	h.keyActionDone(w, p, err)
 }
 
 func (h *Handler) pool(w http.ResponseWriter, r *http.Request) (*keypool.Pool, bool) {
@@ -105,16 +156,30 @@ func (h *Handler) pool(w http.ResponseWriter, r *http.Request) (*keypool.Pool, b
 	return nil, false
 }
 
-// keyActionFailed answers an error of a key action; false when there was none.
-func (h *Handler) keyActionFailed(w http.ResponseWriter, err error) bool {
+// keyActionFailed answers a key action that was not applied at all; false when it
+// was (on this replica at least).
+func (h *Handler) keyActionFailed(w http.ResponseWriter, _ *keypool.Pool, err error) bool {
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, keypool.ErrPending):
 		return false
 	case errors.Is(err, keypool.ErrUnknownKey):
 		writeError(w, http.StatusNotFound, err.Error())
 	default:
-		// The local view changed, but the shared state may not have: say so.
-		writeError(w, http.StatusServiceUnavailable, "the change did not reach the shared state: "+err.Error())
+		writeError(w, http.StatusServiceUnavailable, "the change was not applied: "+err.Error())
 	}
 	return true
+}
+
+// keyActionDone answers an applied key action: 200 when every replica sharing the
+// state sees it, 202 when it applies on this replica and reaches the shared state
+// (and the other replicas) only when it is reachable again.
+func (h *Handler) keyActionDone(w http.ResponseWriter, p *keypool.Pool, err error) {
+	body := map[string]any{"pool": p.Name(), "keys": viewKeys(p), "propagation": "done"}
+	status := http.StatusOK
+	if err != nil {
+		status = http.StatusAccepted
+		body["propagation"] = "pending"
+		body["message"] = "applied on this replica; the shared state is unreachable, the change reaches it (and the other replicas) when it returns: " + err.Error()
+	}
+	writeJSON(w, status, body)
 }

@@ -28,6 +28,8 @@ commands:
   serve --config FILE         serve ext_proc, gRPC health and the admin API
   validate --config FILE      check a configuration (secrets included) and exit
   envoy-config --config FILE  print the Envoy bootstrap generated from a configuration
+  check-envoy --config FILE ENVOY_FILE
+                              check an Envoy bootstrap or /config_dump for envoy-keypool
   version                     print the version
 `
 
@@ -62,6 +64,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runWithConfig(cmd, rest, stderr, config.LoadWithoutSecrets, func(cfg *config.Config, f *flags) error {
 			return envoy.WriteConfig(stdout, cfg, f.config)
 		})
+	case "check-envoy":
+		return checkEnvoy(rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "envoy-keypool", Version)
 		return exitOK

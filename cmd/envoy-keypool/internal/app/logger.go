@@ -16,8 +16,12 @@ func newLogger(w io.Writer, c config.Log) slog.Logger {
 	if c.Format == "human" {
 		sink = sloghuman.Sink(w)
 	}
-	level := map[string]slog.Level{
+	return slog.Make(sink).Leveled(logLevel(c))
+}
+
+// logLevel is the level the configuration asks for.
+func logLevel(c config.Log) slog.Level {
+	return map[string]slog.Level{
 		"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError,
 	}[c.Level]
-	return slog.Make(sink).Leveled(level)
 }

@@ -55,8 +55,12 @@ func serve(ctx context.Context, cfg *config.Config, opts serveOptions) error {
 			AttemptCount:    cfg.Envoy.AttemptCountHeader,
 			RetryMarker:     cfg.Envoy.RetryMarkerHeader,
 		},
-		Logger:  log.Named("extproc"),
-		Metrics: extproc.NewMetrics(reg),
+		Logger:   log.Named("extproc"),
+		LogLevel: logLevel(cfg.Log),
+		// The generated Envoy configuration allows the mode override exactly when
+		// this is on (envoy.classify_error_bodies).
+		ClassifyBodies: cfg.Envoy.ClassifiesErrorBodies(),
+		Metrics:        extproc.NewMetrics(reg),
 	})
 	if err != nil {
 		return err
@@ -142,7 +146,7 @@ func buildTargets(cfg *config.Config, state keypool.State) (map[string]*extproc.
 			return nil, nil, fmt.Errorf("pools[%d]: %w", i, err)
 		}
 		targets[pc.Name] = &extproc.Target{
-			Pool: pool, Provider: prov, AllowBYOK: pc.BYOK == config.BYOKAllow, FailsOver: pc.FailsOver,
+			Pool: pool, Provider: prov, AllowBYOK: pc.BYOK == config.BYOKAllow, ModelHeader: pc.ModelHeader,
 		}
 		pools = append(pools, admin.Pool{Pool: pool, Provider: prov.Name()})
 	}
