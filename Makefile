@@ -14,7 +14,7 @@ export ANTHROPIC_API_KEY_1       ?= demo-anthropic-key-1-not-real
 export ANTHROPIC_API_KEY_2       ?= demo-anthropic-key-2-not-real
 export ENVOY_KEYPOOL_ADMIN_TOKEN ?= demo-admin-token
 
-.PHONY: all build run test fuzz bench lint envoy-config demo e2e-compose clean
+.PHONY: all build run test fuzz bench soak lint envoy-config demo e2e-compose clean
 
 all: build
 
@@ -41,9 +41,26 @@ fuzz:
 	  done; \
 	done
 
-## bench: the benchmarks recorded in BENCHMARKS.md
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./keypool/... ./extproc/...
+## bench: the figures of BENCHMARKS.md in one batch: the Go benchmarks, then the real binary
+## under load against the pass-through ext_proc (in memory and on Redis, healthy and 10 % failing
+## over, 32 and 256 streams), servers and load tool pinned to one CPU each; report in bin/bench.md
+BENCH_PKGS     ?= ./extproc/ ./keypool/ ./keypool/redisstate/ ./providers/
+BENCH_COUNT    ?= 5
+BENCH_ROUNDS   ?= 5
+BENCH_DURATION ?= 5s
+bench: build
+	{ $(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) $(BENCH_PKGS) || echo "FAIL: go test -bench"; } 2>&1 | tee $(BIN)/bench-go.txt
+	$(BIN)/keypool-load bench --keypool-bin $(BIN)/envoy-keypool --go-results $(BIN)/bench-go.txt \
+	  --rounds $(BENCH_ROUNDS) --duration $(BENCH_DURATION) --json $(BIN)/bench.json > $(BIN)/bench.md
+	@cat $(BIN)/bench.md
+
+## soak: load one envoy-keypool for SOAK_DURATION (default 10m; SOAK_STATE memory or redis) and
+## plot its RSS, goroutines and p99 over time to bin/soak.svg (not part of CI)
+SOAK_DURATION ?= 10m
+SOAK_STATE    ?= memory
+soak: build
+	$(BIN)/keypool-load soak --keypool-bin $(BIN)/envoy-keypool --state $(SOAK_STATE) --duration $(SOAK_DURATION) \
+	  --plot $(BIN)/soak.svg --json $(BIN)/soak.json
 
 ## lint: vet and formatting
 lint:

@@ -6,19 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
-	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	"github.com/envoy-keypool/envoy-keypool/internal/extprocfixture"
 )
@@ -28,50 +27,118 @@ import (
 var errUnexpectedAnswer = errors.New("unexpected answer")
 
 // loadTarget runs the load against the ext_proc server at addr and returns what the
-// workers counted.
-func loadTarget(ctx context.Context, o options, addr string) (result, error) {
+// workers counted in the measurement window (after the warm-up), with what m
+// metered over that window.
+func loadTarget(ctx context.Context, o options, addr string, m *meter) (result, error) {
+	clients, closeClients, err := dialClients(ctx, o, addr)
+	if err != nil {
+		return result{}, err
+	}
+	defer closeClients()
+	return loadWindow(ctx, o, clients, m)
+}
+
+// dialClients opens --conns connections to addr, ready before any clock starts.
+func dialClients(ctx context.Context, o options, addr string) ([]extprocv3.ExternalProcessorClient, func(), error) {
 	clients := make([]extprocv3.ExternalProcessorClient, o.conns)
+	var conns []*grpc.ClientConn
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
 	for i := range clients {
 		// One ClientConn is one HTTP/2 connection; a fresh one per slot, as Envoy's
 		// worker threads each hold their own.
-		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			// Envoy's HTTP/2 windows (256 MiB each, source/common/http/http_option_limits.h
+			// DEFAULT_INITIAL_STREAM_WINDOW_SIZE, DEFAULT_INITIAL_CONNECTION_WINDOW_SIZE). Fixed windows also
+			// turn off grpc-go's BDP estimation, whose pings Envoy never sends and the
+			// server would otherwise answer on every burst.
+			grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow))
 		if err != nil {
-			return result{}, fmt.Errorf("dial %s: %w", addr, err)
+			closeAll()
+			return nil, nil, fmt.Errorf("dial %s: %w", addr, err)
 		}
-		defer conn.Close()
+		conns = append(conns, conn)
 		if err := connect(ctx, conn, o.streamTimeout); err != nil {
-			return result{}, fmt.Errorf("connect to %s: %w", addr, err)
+			closeAll()
+			return nil, nil, fmt.Errorf("connect to %s: %w", addr, err)
 		}
 		clients[i] = extprocv3.NewExternalProcessorClient(conn)
 	}
+	return clients, closeAll, nil
+}
+
+// envoyWindow is Envoy's default HTTP/2 stream and connection window.
+const envoyWindow = 256 << 20
+
+// loadWindow runs the workers over clients for --warmup, then for the measurement
+// window of --duration, and returns what they counted in the window.
+func loadWindow(ctx context.Context, o options, clients []extprocv3.ExternalProcessorClient, m *meter) (result, error) {
 	// Request ids unique across runs against one server, whose state remembers the
 	// keys each request id tried.
 	nonce := cryptorand.Text()[:12]
 
-	workers := make([]*worker, o.concurrency)
 	start := time.Now()
-	end := start.Add(o.duration)
+	measureFrom := start.Add(o.warmup)
+	end := measureFrom.Add(o.duration)
+	var p *pacer
+	if o.rate > 0 {
+		p = startPacer(ctx, o.rate, o.concurrency, end)
+	}
+	// The meter starts when the window opens, on its own goroutine so that no
+	// worker waits for it.
+	metered := make(chan error, 1)
+	timer := time.AfterFunc(o.warmup, func() { metered <- m.start(ctx) })
+	defer timer.Stop()
+
+	var budget *atomic.Int64 // requests left to start in the window; nil: no limit
+	if o.requests > 0 {
+		budget = new(atomic.Int64)
+		budget.Store(o.requests)
+	}
+	workers := make([]*worker, o.concurrency)
 	var wg sync.WaitGroup
 	for i := range workers {
 		w := &worker{
-			o:      o,
-			client: clients[i%len(clients)],
-			md:     metadata.Pairs(o.metadataKey, o.pool),
-			rng:    rand.New(rand.NewPCG(rand.Uint64(), uint64(i))),
-			idBase: fmt.Sprintf("load-%s-%d-", nonce, i),
-			stats:  newStats(),
+			o:           o,
+			client:      clients[i%len(clients)],
+			md:          metadata.Pairs(o.metadataKey, o.pool),
+			rng:         rand.New(rand.NewPCG(rand.Uint64(), uint64(i))),
+			idBase:      fmt.Sprintf("load-%s-%d-", nonce, i),
+			measureFrom: measureFrom,
+			pacer:       p,
+			budget:      budget,
+			stats:       newStats(),
 		}
 		workers[i] = w
 		wg.Go(func() { w.run(ctx, end) })
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	if timer.Stop() { // the run ended before its window opened
+		return result{}, fmt.Errorf("run ended during the warm-up: %w", context.Cause(ctx))
+	}
+	if err := <-metered; err != nil {
+		return result{}, err
+	}
+	usage, err := m.stop(ctx)
+	if err != nil {
+		return result{}, err
+	}
+	elapsed := time.Since(measureFrom)
 
 	total := newStats()
 	for _, w := range workers {
 		total.merge(w.stats)
 	}
-	return total.result(elapsed), nil
+	r := total.result(elapsed)
+	r.TargetRate = o.rate
+	if p != nil {
+		r.Missed = p.missed.Load()
+	}
+	usage.fill(&r)
+	return r, nil
 }
 
 // connect opens conn before the clock starts, so that connection setup is not
@@ -94,52 +161,110 @@ func connect(ctx context.Context, conn *grpc.ClientConn, timeout time.Duration) 
 	}
 }
 
+// pacer hands out one token per attempt at a fixed rate (an open loop, as clients
+// arrive). A token no worker is free to take within a short queue is missed: the
+// server could not keep up, and the achieved rate falls short of the target.
+type pacer struct {
+	tokens chan struct{} // closed at the end of the run
+	done   chan struct{} // closed once no token is handed out any more
+	missed atomic.Int64
+}
+
+func startPacer(ctx context.Context, rate float64, queue int, end time.Time) *pacer {
+	p := &pacer{tokens: make(chan struct{}, queue), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		defer close(p.tokens)
+		start := time.Now()
+		var sent int64
+		for now := start; now.Before(end) && ctx.Err() == nil; now = time.Now() {
+			due := int64(now.Sub(start).Seconds() * rate)
+			for ; sent < due; sent++ {
+				select {
+				case p.tokens <- struct{}{}:
+				default:
+					p.missed.Add(1)
+				}
+			}
+			time.Sleep(200 * time.Microsecond) // a timer tick; the count above catches up
+		}
+	}()
+	return p
+}
+
+// wait takes a token; false once the run is over (no token left to take).
+func (p *pacer) wait(ctx context.Context) bool {
+	select {
+	case _, ok := <-p.tokens:
+		return ok
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // worker plays one client's requests, one at a time. Only its own goroutine touches
 // it until loadTarget merges its stats.
 type worker struct {
-	o      options
-	client extprocv3.ExternalProcessorClient
-	md     metadata.MD
-	rng    *rand.Rand
-	idBase string
-	n      int
-	stats  *stats
+	o           options
+	client      extprocv3.ExternalProcessorClient
+	md          metadata.MD
+	rng         *rand.Rand
+	idBase      string
+	n           int
+	measureFrom time.Time
+	pacer       *pacer        // nil: closed loop
+	budget      *atomic.Int64 // requests left to start in the window; nil: no limit
+	stats       *stats
 }
 
 // run sends requests until end; a request under way at end finishes, so no stream
 // is cut short and counted as an error.
 func (w *worker) run(ctx context.Context, end time.Time) {
 	for ctx.Err() == nil && time.Now().Before(end) {
+		if w.pacer != nil && !w.pacer.wait(ctx) {
+			return
+		}
+		if w.budget != nil && !time.Now().Before(w.measureFrom) && w.budget.Add(-1) < 0 {
+			return
+		}
 		w.request(ctx)
 	}
 }
 
-// request plays the attempts of one client request.
+// request plays the attempts of one client request. Its counts go to the stats when
+// it started in the measurement window.
 func (w *worker) request(ctx context.Context) {
 	w.n++
 	id := w.idBase + strconv.Itoa(w.n)
+	st := w.stats
+	if time.Now().Before(w.measureFrom) {
+		st = newStats() // warm-up: counted nowhere
+	}
 	for n := 1; n <= w.o.maxAttempts; n++ {
-		out, err := w.attempt(ctx, id, n)
+		if n > 1 && w.pacer != nil {
+			w.pacer.wait(ctx) // a retry is an attempt like any other; after the run, unpaced
+		}
+		out, err := w.attempt(ctx, st, id, n)
 		if err != nil {
 			if ctx.Err() == nil { // an interrupted run reports nothing
-				w.stats.fail(err)
+				st.fail(err)
 			}
 			return
 		}
 		switch out {
 		case answeredExhausted:
-			w.stats.exhausted++
-			w.stats.requests++
+			st.exhausted++
+			st.requests++
 			return
 		case answeredPass:
-			w.stats.requests++
+			st.requests++
 			return
 		}
-		w.stats.retries++
+		st.retries++
 	}
 	// Envoy would have forwarded the last failing answer to the client.
-	w.stats.retriesUsedUp++
-	w.stats.requests++
+	st.retriesUsedUp++
+	st.requests++
 }
 
 type outcome int
@@ -151,18 +276,18 @@ const (
 )
 
 // attempt plays one Process stream as Envoy's upstream ext_proc filter does.
-func (w *worker) attempt(ctx context.Context, requestID string, n int) (outcome, error) {
+func (w *worker) attempt(ctx context.Context, st *stats, requestID string, n int) (outcome, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.o.streamTimeout)
 	defer cancel()
 	ctx = metadata.NewOutgoingContext(ctx, w.md)
 
 	start := time.Now()
-	w.stats.streams++
+	st.streams++
 	s, err := w.client.Process(ctx)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := exchange(s, extprocfixture.RequestHeaders(w.o.names(), requestID, n))
+	resp, err := st.exchange(s, extprocfixture.RequestHeaders(w.o.names(), requestID, n))
 	if err != nil {
 		return 0, err
 	}
@@ -177,7 +302,7 @@ func (w *worker) attempt(ctx context.Context, requestID string, n int) (outcome,
 		if w.rng.Float64() < w.o.failRate {
 			code = w.o.failStatus
 		}
-		resp, err = exchange(s, extprocfixture.ResponseHeaders(code))
+		resp, err = st.exchange(s, responseHeaders(code))
 		if err != nil {
 			return 0, err
 		}
@@ -185,7 +310,22 @@ func (w *worker) attempt(ctx context.Context, requestID string, n int) (outcome,
 		if rh == nil {
 			return 0, fmt.Errorf("%w to response headers: %T", errUnexpectedAnswer, resp.GetResponse())
 		}
-		if sets(rh.GetResponse().GetHeaderMutation(), w.o.retryMarker) {
+		mutation := rh.GetResponse().GetHeaderMutation()
+		// The server asked for the error body to classify the failure (Envoy's
+		// filter allows the override in the generated configuration): Envoy buffers
+		// the body and sends it in one message; the marker is then on that answer.
+		if code >= 400 && resp.GetModeOverride().GetResponseBodyMode() == extprocfilterv3.ProcessingMode_BUFFERED {
+			resp, err = st.exchange(s, responseBody(code))
+			if err != nil {
+				return 0, err
+			}
+			rb := resp.GetResponseBody()
+			if rb == nil {
+				return 0, fmt.Errorf("%w to the response body: %T", errUnexpectedAnswer, resp.GetResponse())
+			}
+			mutation = rb.GetResponse().GetHeaderMutation()
+		}
+		if sets(mutation, w.o.retryMarker) {
 			out = answeredRetry
 		}
 	}
@@ -199,16 +339,23 @@ func (w *worker) attempt(ctx context.Context, requestID string, n int) (outcome,
 		}
 		return 0, err
 	}
-	w.stats.latencies = append(w.stats.latencies, time.Since(start))
-	w.stats.attempts++
+	st.latencies = append(st.latencies, time.Since(start))
+	st.attempts++
 	return out, nil
 }
 
-func exchange(s extprocv3.ExternalProcessor_ProcessClient, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
-	if err := s.Send(req); err != nil {
+// exchange sends one message and reads its answer, recording how long the answer
+// took: what Envoy holds the request or the response for.
+func (s *stats) exchange(c extprocv3.ExternalProcessor_ProcessClient, req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+	start := time.Now()
+	if err := c.Send(req); err != nil {
 		return nil, err
 	}
-	return s.Recv()
+	resp, err := c.Recv()
+	if err == nil {
+		s.messages = append(s.messages, time.Since(start))
+	}
+	return resp, err
 }
 
 func sets(m *extprocv3.HeaderMutation, name string) bool {
@@ -219,76 +366,6 @@ func sets(m *extprocv3.HeaderMutation, name string) bool {
 	}
 	return false
 }
-
-// stats is what one worker counted; loadTarget adds them up.
-type stats struct {
-	requests, streams, attempts int64
-	retries, retriesUsedUp      int64
-	exhausted                   int64
-	errors                      map[string]int64
-	latencies                   []time.Duration
-}
-
-func newStats() *stats { return &stats{errors: map[string]int64{}} }
-
-func (s *stats) fail(err error) {
-	code := status.Code(err).String()
-	if errors.Is(err, errUnexpectedAnswer) {
-		code = "unexpected_answer"
-	}
-	s.errors[code]++
-}
-
-func (s *stats) merge(o *stats) {
-	s.requests += o.requests
-	s.streams += o.streams
-	s.attempts += o.attempts
-	s.retries += o.retries
-	s.retriesUsedUp += o.retriesUsedUp
-	s.exhausted += o.exhausted
-	for k, v := range o.errors {
-		s.errors[k] += v
-	}
-	s.latencies = append(s.latencies, o.latencies...)
-}
-
-func (s *stats) result(elapsed time.Duration) result {
-	slices.Sort(s.latencies)
-	var errs int64
-	for _, v := range s.errors {
-		errs += v
-	}
-	sec := elapsed.Seconds()
-	return result{
-		Elapsed:        sec,
-		Requests:       s.requests,
-		Streams:        s.streams,
-		Attempts:       s.attempts,
-		Retries:        s.retries,
-		RetriesUsedUp:  s.retriesUsedUp,
-		Exhausted:      s.exhausted,
-		Errors:         errs,
-		ErrorsByCode:   s.errors,
-		RequestsPerSec: float64(s.requests) / sec,
-		AttemptsPerSec: float64(s.attempts) / sec,
-		StreamsPerSec:  float64(s.streams) / sec,
-		P50us:          micros(percentile(s.latencies, 0.50)),
-		P90us:          micros(percentile(s.latencies, 0.90)),
-		P99us:          micros(percentile(s.latencies, 0.99)),
-		MaxUs:          micros(percentile(s.latencies, 1)),
-	}
-}
-
-// percentile is the nearest-rank percentile of sorted samples; 0 without samples.
-func percentile(sorted []time.Duration, q float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(math.Ceil(q*float64(len(sorted)))) - 1
-	return sorted[max(0, min(i, len(sorted)-1))]
-}
-
-func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
 // names are the header names of the shared request fixture, as the flags set them.
 func (o options) names() extprocfixture.Names {

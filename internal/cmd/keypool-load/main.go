@@ -25,16 +25,51 @@
 //	keypool-load passthrough --listen 127.0.0.1:9201 &
 //	keypool-load --target 127.0.0.1:9001 --baseline-target 127.0.0.1:9201
 //
+// When the server answers a failure's response headers by asking for the body
+// (mode_override with response_body_mode BUFFERED, as envoy-keypool does to classify
+// error bodies), the worker sends the provider's error body in one message, as Envoy
+// does, and reads the retry marker from that message's answer.
+//
+// Measurement: each run warms up for --warmup (counted nowhere), then measures for
+// --duration. --rate paces attempts at a fixed rate across the workers (an open
+// loop: a token no worker is free to take is counted as missed) instead of each
+// worker sending back to back. --server-pid (and --baseline-pid) read the server
+// process's CPU time (/proc/PID/stat, user + system) over the window; --redis reads
+// the commands Redis ran over it (INFO commandstats).
+//
 // Reading the output (a table, or JSON with --json):
 //
 //	requests/s   client requests finished per second (each one or more attempts)
 //	attempts/s   attempts that ran to the end of their stream without error
 //	streams/s    Process streams opened, failed ones included (= attempts/s when no errors)
-//	p50/p90/p99  latency of one stream, from opening it to reading its end: what a
-//	             request waits for ext_proc on each attempt, twice the message round trip
+//	message p50/p99/max
+//	             from sending a message to reading its answer: what Envoy holds the
+//	             request (or the response) for
+//	stream p50/p90/p99
+//	             latency of one stream, from opening it to reading its end
+//	server CPU per 1,000 attempts
+//	             the server process's CPU time over the window, per 1,000 attempts
 //	retries      answers that carried the retry marker (a key failed over)
 //	exhausted    ImmediateResponses: the pool had no key left for the request
 //	errors       streams that failed, by gRPC code (or "unexpected_answer")
+//
+// Two more commands build on it:
+//
+//	keypool-load bench --keypool-bin bin/envoy-keypool [--go-results bench-go.txt]
+//
+// starts the pass-through, envoy-keypool in memory and envoy-keypool on Redis (and a
+// redis-server), each pinned to one CPU with taskset, and runs this tool as a child
+// pinned to the other CPU for every case: 3,600 attempts/s over 32 streams, and
+// closed loops of 32 and 256 streams, each healthy and with 10 % of attempts
+// answered 429, in --rounds rounds. It prints issue 12's targets (ratios of
+// envoy-keypool to the pass-through in the same round, medians over rounds, with how
+// far each is), the Go benchmarks' medians and every case, as Markdown (`make bench`).
+//
+//	keypool-load soak --keypool-bin bin/envoy-keypool --duration 10m --plot soak.svg
+//
+// loads one envoy-keypool at a fixed rate for --duration and plots its RSS,
+// goroutines (from its /metrics) and message p99 per --interval, as SVG or PNG
+// (`make soak`).
 //
 // Throughput measured with the load generator on the same machine as the server is
 // a lower bound: both compete for the same cores. Compare ratios, not absolutes.

@@ -59,7 +59,7 @@ func serve(t *testing.T, srv extprocv3.ExternalProcessorServer) string {
 func runJSON(t *testing.T, args ...string) report {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), append(args, "--json"), &stdout, &stderr); err != nil {
+	if err := run(context.Background(), append(args, "--json", "--warmup", "0"), &stdout, &stderr); err != nil {
 		t.Fatalf("run %q: %v\nstderr: %s", args, err, stderr.String())
 	}
 	var rep report
@@ -74,6 +74,11 @@ func runJSON(t *testing.T, args ...string) report {
 // checkWellFormed holds for any run: the counts add up and the percentiles are
 // ordered.
 func checkWellFormed(t *testing.T, name string, r result) {
+	t.Helper()
+	checkWellFormedWithBodies(t, name, r, 0)
+}
+
+func checkWellFormedWithBodies(t *testing.T, name string, r result, bodies int64) {
 	t.Helper()
 	if r.Attempts <= 0 || r.Requests <= 0 {
 		t.Errorf("%s: %d attempts, %d requests; want some", name, r.Attempts, r.Requests)
@@ -91,6 +96,14 @@ func checkWellFormed(t *testing.T, name string, r result) {
 	}
 	if !(0 < r.P50us && r.P50us <= r.P90us && r.P90us <= r.P99us && r.P99us <= r.MaxUs) {
 		t.Errorf("%s: percentiles not ordered: p50 %v p90 %v p99 %v max %v", name, r.P50us, r.P90us, r.P99us, r.MaxUs)
+	}
+	// Every attempt sends its request headers; all but an exhaustion answer also
+	// their response headers; a body only when the server asks (bodies counts them).
+	if want := 2*r.Attempts - r.Exhausted + bodies; r.Messages != want {
+		t.Errorf("%s: %d messages answered, want %d for %d attempts (%d exhausted, %d bodies)", name, r.Messages, want, r.Attempts, r.Exhausted, bodies)
+	}
+	if !(0 < r.MsgP50us && r.MsgP50us <= r.MsgP99us && r.MsgP99us <= r.MsgMaxUs && r.MsgMaxUs <= r.MaxUs) {
+		t.Errorf("%s: message percentiles not ordered or longer than a stream: p50 %v p99 %v max %v (stream max %v)", name, r.MsgP50us, r.MsgP99us, r.MsgMaxUs, r.MaxUs)
 	}
 	if r.Elapsed <= 0 || r.AttemptsPerSec <= 0 {
 		t.Errorf("%s: elapsed %v, attempts/s %v", name, r.Elapsed, r.AttemptsPerSec)
@@ -164,12 +177,13 @@ func TestBaselineRunsTheSameLoadAgainstAPassThrough(t *testing.T) {
 func TestTableNamesEveryFigure(t *testing.T) {
 	addr := startKeypool(t, 2)
 	var stdout, stderr bytes.Buffer
-	args := []string{"--target", addr, "--concurrency", "2", "--duration", "300ms", "--baseline"}
+	args := []string{"--target", addr, "--concurrency", "2", "--duration", "300ms", "--warmup", "0", "--baseline"}
 	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("run: %v\nstderr: %s", err, stderr.String())
 	}
 	for _, want := range []string{"envoy-keypool", "pass-through", "ratio", "requests/s", "attempts/s", "streams/s",
-		"stream p50", "stream p90", "stream p99", "retries", "exhausted", "errors"} {
+		"message p50", "message p99", "message max", "stream p50", "stream p90", "stream p99",
+		"server CPU per 1,000 attempts", "retries", "exhausted", "errors"} {
 		if !strings.Contains(stdout.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, stdout.String())
 		}
@@ -188,6 +202,9 @@ func TestFlagsAreChecked(t *testing.T) {
 		{[]string{"--target", "x:1", "--duration", "0s"}, "--duration"},
 		{[]string{"--target", "x:1", "--pool", ""}, "--pool"},
 		{[]string{"--target", "x:1", "extra"}, "unexpected arguments"},
+		{[]string{"--target", "x:1", "--rate", "-1"}, "--rate"},
+		{[]string{"--target", "x:1", "--warmup", "-1s"}, "--warmup"},
+		{[]string{"--target", "x:1", "--baseline-pid", "12"}, "--baseline-pid needs --baseline-target"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -211,8 +228,17 @@ func TestUnreachableTargetIsOneError(t *testing.T) {
 	addr := lis.Addr().String()
 	lis.Close() // nothing listens there now
 	var stdout, stderr bytes.Buffer
-	err = run(context.Background(), []string{"--target", addr, "--duration", "300ms"}, &stdout, &stderr)
+	err = run(context.Background(), []string{"--target", addr, "--duration", "300ms", "--warmup", "0"}, &stdout, &stderr)
 	if err == nil || !strings.Contains(err.Error(), "connect to "+addr) {
 		t.Errorf("err = %v, want a connection error naming %s", err, addr)
+	}
+}
+
+func TestRequestsEndTheRunAtThatCount(t *testing.T) {
+	addr := startKeypool(t, 2)
+	rep := runJSON(t, "--target", addr, "--concurrency", "4", "--duration", "1m", "--requests", "50")
+	checkWellFormed(t, "keypool", rep.Keypool)
+	if rep.Keypool.Requests != 50 {
+		t.Errorf("%d requests, want exactly the 50 asked for", rep.Keypool.Requests)
 	}
 }

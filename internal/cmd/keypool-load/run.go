@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"time"
 )
 
@@ -20,12 +21,18 @@ type options struct {
 	concurrency   int
 	conns         int
 	duration      time.Duration
+	warmup        time.Duration
+	requests      int64
+	rate          float64
 	streamTimeout time.Duration
 	failRate      float64
 	failStatus    int
 	maxAttempts   int
 	baseline      bool
 	baselineAddr  string
+	serverPID     int
+	baselinePID   int
+	redisAddr     string
 	json          bool
 }
 
@@ -41,13 +48,19 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.retryMarker, "retry-marker", "x-keypool-retry", "response header that asks for a retry")
 	fs.IntVar(&o.concurrency, "concurrency", 16, "concurrent workers, each one request at a time")
 	fs.IntVar(&o.conns, "conns", 2, "gRPC connections the workers share (Envoy opens one per worker thread)")
-	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long workers start new requests")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long workers start new requests after the warm-up (the measurement window)")
+	fs.DurationVar(&o.warmup, "warmup", time.Second, "load before the measurement window, counted nowhere (connections, goroutine stacks and the heap settle)")
+	fs.Int64Var(&o.requests, "requests", 0, "end the run after this many requests have started after the warm-up, or at the end of --duration if sooner; 0: at the end of --duration")
+	fs.Float64Var(&o.rate, "rate", 0, "attempts per second, paced across the workers (an open loop); 0: each worker sends back to back (a closed loop)")
 	fs.DurationVar(&o.streamTimeout, "stream-timeout", 2*time.Second, "deadline of one stream")
 	fs.Float64Var(&o.failRate, "fail-rate", 0, "share of attempts answered with --fail-status instead of 200, in [0, 1]")
 	fs.IntVar(&o.failStatus, "fail-status", 429, "upstream status of a failing attempt")
 	fs.IntVar(&o.maxAttempts, "max-attempts", 8, "attempts per request at most (Envoy's num_retries + 1)")
 	fs.BoolVar(&o.baseline, "baseline", false, "also run the load against an in-process pass-through ext_proc server and print the ratio")
 	fs.StringVar(&o.baselineAddr, "baseline-target", "", "host:port of a pass-through started with keypool-load passthrough, for a baseline in its own process (implies --baseline)")
+	fs.IntVar(&o.serverPID, "server-pid", 0, "process id of the server at --target: its CPU time over the window (/proc/PID/stat) is reported per 1,000 attempts")
+	fs.IntVar(&o.baselinePID, "baseline-pid", 0, "process id of the pass-through at --baseline-target, read as --server-pid")
+	fs.StringVar(&o.redisAddr, "redis", "", "host:port of the Redis the server uses: the commands it ran over the window are reported (INFO commandstats)")
 	fs.BoolVar(&o.json, "json", false, "print the report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -72,6 +85,21 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	if o.duration <= 0 || o.streamTimeout <= 0 {
 		errs = append(errs, errors.New("--duration and --stream-timeout must be positive"))
 	}
+	if o.requests < 0 {
+		errs = append(errs, fmt.Errorf("--requests %d: want 0 or more", o.requests))
+	}
+	if o.warmup < 0 {
+		errs = append(errs, fmt.Errorf("--warmup %s: want 0 or more", o.warmup))
+	}
+	if !(o.rate >= 0) || math.IsInf(o.rate, 0) {
+		errs = append(errs, fmt.Errorf("--rate %v: want attempts per second, or 0 for a closed loop", o.rate))
+	}
+	if o.serverPID < 0 || o.baselinePID < 0 {
+		errs = append(errs, errors.New("--server-pid and --baseline-pid must be process ids"))
+	}
+	if o.baselinePID != 0 && o.baselineAddr == "" {
+		errs = append(errs, errors.New("--baseline-pid needs --baseline-target"))
+	}
 	if !(o.failRate >= 0 && o.failRate <= 1) { // also refuses NaN
 		errs = append(errs, fmt.Errorf("--fail-rate %v: want a share in [0, 1]", o.failRate))
 	}
@@ -84,14 +112,28 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	return o, errors.Join(errs...)
 }
 
+// defaultOptions are the flags' defaults, for commands that drive the load with
+// options of their own.
+func defaultOptions() options {
+	o, _ := parseOptions([]string{"--target", "unused"}, io.Discard)
+	return o
+}
+
 // run drives the load the command line describes and writes the report to stdout.
 // It returns early, with the figures so far discarded, when ctx ends.
 //
 // "keypool-load passthrough --listen ADDR" serves the pass-through baseline instead,
 // until ctx ends, for --baseline-target.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "passthrough" {
-		return servePassThrough(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "passthrough":
+			return servePassThrough(ctx, args[1:], stdout, stderr)
+		case "bench":
+			return runBench(ctx, args[1:], stdout, stderr)
+		case "soak":
+			return runSoak(ctx, args[1:], stdout, stderr)
+		}
 	}
 	o, err := parseOptions(args, stderr)
 	if err != nil {
@@ -99,10 +141,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	rep := report{Options: reportOptions{
 		Target: o.target, Pool: o.pool, Concurrency: o.concurrency, Conns: o.conns,
-		Duration: o.duration.String(), FailRate: o.failRate, FailStatus: o.failStatus,
-		Baseline: baselineKind(o),
+		Duration: o.duration.String(), Warmup: o.warmup.String(), Rate: o.rate,
+		FailRate: o.failRate, FailStatus: o.failStatus, Baseline: baselineKind(o),
 	}}
-	rep.Keypool, err = loadTarget(ctx, o, o.target)
+	m, err := newMeter(o.serverPID, o.redisAddr)
+	if err != nil {
+		return err
+	}
+	defer m.close()
+	rep.Keypool, err = loadTarget(ctx, o, o.target, m)
 	if err != nil {
 		return fmt.Errorf("load against %s: %w", o.target, err)
 	}
@@ -127,14 +174,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // against one the tool starts in its own process.
 func loadBaseline(ctx context.Context, o options) (result, error) {
 	if o.baselineAddr != "" {
-		return loadTarget(ctx, o, o.baselineAddr)
+		m, err := newMeter(o.baselinePID, "")
+		if err != nil {
+			return result{}, err
+		}
+		return loadTarget(ctx, o, o.baselineAddr, m)
 	}
 	addr, stop, err := startPassThrough("127.0.0.1:0")
 	if err != nil {
 		return result{}, err
 	}
 	defer stop()
-	return loadTarget(ctx, o, addr)
+	return loadTarget(ctx, o, addr, &meter{})
 }
 
 func baselineKind(o options) string {
