@@ -337,6 +337,19 @@ func TestHeadroomSteersAwayBeforeThe429(t *testing.T) {
 		tg.chatRequest(t, "head", "gpt-4o-mini", "Bearer "+placeholderKey)
 		return sameInts(tg.attempts(t, "head"), []int{0})
 	})
+	// On both replicas, once each has heard that key 1 is back.
+	for i := range tg.adminURLs {
+		waitFor(t, fmt.Sprintf("replica %d to list key 1 back", i+1), 5*time.Second, func() bool {
+			return tg.flowKeys(t, i, "head")[0].scope("gpt-4o-mini").Phase == "available"
+		})
+	}
+	tg.clearRequests(t)
+	for range 2 {
+		tg.chatRequest(t, "head", "gpt-4o-mini", "Bearer "+placeholderKey)
+	}
+	if a := tg.attempts(t, "head"); !sameInts(a, []int{0, 0}) {
+		t.Fatalf("after the reset requests went to keys %v, want key 1 on both replicas", a)
+	}
 }
 
 // Rate limits are per model: key 1 limited on model A still serves model B, and
