@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -191,14 +192,14 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 
 			// 32 clients without pause until the probe's answer is in. A 504 with no
 			// body is the stand-in's ext_proc message_timeout (200ms): on the shared
-			// 2-core machine a race-built process stalls past it now and then (about
-			// one run in 16 at a load average of 7; envoy-keypool's own handling of
-			// a message stayed under ~100ms in those runs). A few are tolerated and
-			// logged; any other answer fails the test.
+			// 2-core machine the race-built processes stall past it now and then,
+			// most at the burst's start (temporary instrumentation showed
+			// envoy-keypool's own handling of each message well under that). The
+			// clients retry it at once, as the providers' SDKs retry a 5xx, up to
+			// twice; a third 504 in a row, or any other answer, fails the test.
 			stop := make(chan struct{})
 			var wg sync.WaitGroup
-			var mu sync.Mutex
-			statuses := map[int]int{}
+			var timeouts atomic.Int64
 			clients := concurrentClient(t, 32)
 			for range 32 {
 				wg.Go(func() {
@@ -208,11 +209,15 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 							return
 						default:
 						}
-						got := tg.chatRequestVia(t, clients, "half", "gpt-4o-mini", "Bearer "+placeholderKey)
-						mu.Lock()
-						statuses[got.status]++
-						mu.Unlock()
-						if got.status != 200 && (got.status != 504 || got.body != "") {
+						var got answer
+						for try := 0; try < 3; try++ {
+							got = tg.chatRequestVia(t, clients, "half", "gpt-4o-mini", "Bearer "+placeholderKey)
+							if got.status != 504 || got.body != "" {
+								break
+							}
+							timeouts.Add(1)
+						}
+						if got.status != 200 {
 							t.Errorf("a client got %d %s", got.status, got.body)
 							return
 						}
@@ -230,11 +235,8 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 				return tg.replicaMetric(t, 0, probed)+tg.replicaMetric(t, 1, probed) >= 1
 			})
 			stopClients()
-			if n := statuses[504]; n > 0 {
-				t.Logf("%d of %d requests got the stand-in's message-timeout 504", n, statuses[200]+n)
-				if n*20 > statuses[200]+n {
-					t.Fatalf("%d of %d requests timed out (504): more than 5%%", n, statuses[200]+n)
-				}
+			if n := timeouts.Load(); n > 0 {
+				t.Logf("%d answers were the stand-in's message-timeout 504 (retried)", n)
 			}
 
 			reqs, err := tg.mock.Requests(testCtx(t))
