@@ -3,9 +3,9 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,8 +26,9 @@ func TestOneClientsOwnFailureFailsOverWithoutCoolingThePool(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			// One replica: a request's tried keys across replicas are Redis state's.
-			tg := startFlowTarget(t, flowOptions{replicas: 1, pools: []map[string]any{
+			// Two replicas with Redis: the stand-in sends each attempt to the next
+			// replica, so the request's tried keys are shared through Redis.
+			tg := startFlowTarget(t, flowOptions{replicas: 2, redis: true, pools: []map[string]any{
 				flowPool("sem", "openai", 3, map[string]any{"cooldowns": shortCooldowns()}),
 			}})
 			for i := range 3 {
@@ -63,12 +64,16 @@ func TestOneClientsOwnFailureFailsOverWithoutCoolingThePool(t *testing.T) {
 }
 
 // A failure that could be the request's cools the key only when three distinct
-// requests saw it on that key within the window.
+// requests saw it on that key within the window, counted across replicas.
 func TestThreeAgreeingRequestsCoolTheKey(t *testing.T) {
-	// One replica: corroboration across replicas is Redis state's (its own tests).
-	tg := startFlowTarget(t, flowOptions{replicas: 1, pools: []map[string]any{
+	// Two replicas with Redis; "other" is a one-key pool whose one-attempt requests
+	// move the stand-in's round-robin on, so that key 1's 403s land on both replicas
+	// (each request to "sem" takes two attempts: without them all three would land
+	// on the same replica).
+	tg := startFlowTarget(t, flowOptions{replicas: 2, redis: true, pools: []map[string]any{
 		flowPool("sem", "openai", 2, map[string]any{"cooldowns": shortCooldowns(),
 			"corroborate": map[string]any{"requests": 3, "window": "10s"}}),
+		flowPool("other", "openai", 1, nil),
 	}})
 	tg.programKey(t, "sem", 0, mockprovider.Behavior{Failure: mockprovider.FailureForbidden})
 	for i := range 3 {
@@ -79,17 +84,45 @@ func TestThreeAgreeingRequestsCoolTheKey(t *testing.T) {
 		if a := tg.attempts(t, "sem"); !sameInts(a, []int{0, 1}) {
 			t.Fatalf("request %d went to keys %v, want key 1 then key 2", i+1, a)
 		}
-		if k := tg.flowKeys(t, 0, "sem")[0]; i < 2 && k.Phase != "available" {
-			t.Fatalf("after %d agreeing requests key 1 is %s, want available", i+1, k.Phase)
+		if i == 2 {
+			break
+		}
+		for r := range tg.adminURLs {
+			if k := tg.flowKeys(t, r, "sem")[0]; k.Phase != "available" {
+				t.Fatalf("after %d agreeing requests replica %d has key 1 %s, want available", i+1, r+1, k.Phase)
+			}
+		}
+		if got := tg.chatRequest(t, "other", "gpt-4o-mini", "Bearer "+placeholderKey); got.status != 200 {
+			t.Fatalf("request to the other pool: %d %s", got.status, got.body)
 		}
 	}
-	if k := tg.flowKeys(t, 0, "sem")[0]; k.Phase != "cooling" || k.Reason != "forbidden" {
-		t.Fatalf("after three agreeing requests key 1 is %+v, want cooling for forbidden", k)
+	// Neither replica saw three 403s on its own.
+	const seen = `envoy_keypool_key_failures_total{action="corroborate",class="forbidden",key="sem-1",pool="sem"}`
+	var total float64
+	for r := range tg.adminURLs {
+		n := tg.replicaMetric(t, r, seen)
+		if n == 0 || n >= 3 {
+			t.Fatalf("replica %d saw %v of the three 403s of key 1, want some but not all: the test does not span the replicas", r+1, n)
+		}
+		total += n
 	}
-	tg.clearRequests(t)
-	tg.chatRequest(t, "sem", "gpt-4o-mini", "Bearer "+placeholderKey)
-	if a := tg.attempts(t, "sem"); !sameInts(a, []int{1}) {
-		t.Fatalf("the fourth request went to keys %v, want key 2 at once", a)
+	if total != 3 {
+		t.Fatalf("the replicas saw %v 403s of key 1, want 3", total)
+	}
+	for r := range tg.adminURLs {
+		waitFor(t, fmt.Sprintf("replica %d to see key 1 cooling for forbidden", r+1), 5*time.Second, func() bool {
+			k := tg.flowKeys(t, r, "sem")[0]
+			return k.Phase == "cooling" && k.Reason == "forbidden"
+		})
+	}
+	for range 2 { // one request on each replica
+		tg.clearRequests(t)
+		if got := tg.chatRequest(t, "sem", "gpt-4o-mini", "Bearer "+placeholderKey); got.status != 200 {
+			t.Fatalf("a request after the cooldown began: %d %s", got.status, got.body)
+		}
+		if a := tg.attempts(t, "sem"); !sameInts(a, []int{1}) {
+			t.Fatalf("a request after three agreeing ones went to keys %v, want key 2 at once", a)
+		}
 	}
 }
 
@@ -129,11 +162,6 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 	}{{"probe succeeds", true}, {"probe fails", false}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if os.Getenv("KEYPOOL_E2E_PROBE_ACROSS_REPLICAS") == "" {
-				// redisstate still runs State v2 through the domain's interim shim,
-				// whose probe leases are per replica: two replicas probe twice.
-				t.Skip("needs redisstate's State v2 (probe leases shared in Redis); set KEYPOOL_E2E_PROBE_ACROSS_REPLICAS=1 to run")
-			}
 			tg := startFlowTarget(t, flowOptions{replicas: 2, redis: true, pools: []map[string]any{
 				flowPool("half", "openai", 2, map[string]any{"cooldowns": shortCooldowns(), "probe_lease": "10s"}),
 			}})
@@ -152,30 +180,70 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 				next.Delay = 500 * time.Millisecond
 			}
 			tg.programKey(t, "half", 0, next)
+			// Key 2 answers in 200ms, as a provider takes a while: 32 clients keep
+			// about 32 requests in flight without flooding the 2 race-built replicas
+			// (an instant answer made ~330 requests a second, and the stand-in's
+			// 200ms message timeout 504ed one now and then on a loaded machine).
+			tg.programKey(t, "half", 1, mockprovider.Behavior{Delay: 200 * time.Millisecond})
 			waitFor(t, "key 1's cooldown to end", 5*time.Second, func() bool {
 				return tg.flowKeys(t, 0, "half")[0].scope("gpt-4o-mini").Phase == "probing"
 			})
 			tg.clearRequests(t)
 
-			// 32 clients without pause for a second.
-			deadline := time.Now().Add(time.Second)
+			// 32 clients without pause until the probe's answer is in. A 504 with no
+			// body is the stand-in's ext_proc message_timeout (200ms): on the shared
+			// 2-core machine the race-built processes stall past it now and then,
+			// most at the burst's start (temporary instrumentation showed
+			// envoy-keypool's own handling of each message well under that). The
+			// clients retry it at once, as the providers' SDKs retry a 5xx, up to
+			// twice; a third 504 in a row, or any other answer, fails the test.
+			stop := make(chan struct{})
 			var wg sync.WaitGroup
+			var timeouts atomic.Int64
+			clients := concurrentClient(t, 32)
 			for range 32 {
 				wg.Go(func() {
-					for time.Now().Before(deadline) {
-						if got := tg.chatRequest(t, "half", "gpt-4o-mini", "Bearer "+placeholderKey); got.status != 200 {
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						var got answer
+						for try := 0; try < 3; try++ {
+							got = tg.chatRequestVia(t, clients, "half", "gpt-4o-mini", "Bearer "+placeholderKey)
+							if got.status != 504 || got.body != "" {
+								break
+							}
+							timeouts.Add(1)
+						}
+						if got.status != 200 {
 							t.Errorf("a client got %d %s", got.status, got.body)
 							return
 						}
 					}
 				})
 			}
-			wg.Wait()
+			result := "failure"
+			if tt.succeed {
+				result = "success"
+			}
+			stopClients := sync.OnceFunc(func() { close(stop); wg.Wait() })
+			defer stopClients() // also when a wait below fails the test
+			probed := `envoy_keypool_probes_total{key="half-1",pool="half",result="` + result + `"}`
+			waitFor(t, "a replica to count the probe's "+result, 15*time.Second, func() bool {
+				return tg.replicaMetric(t, 0, probed)+tg.replicaMetric(t, 1, probed) >= 1
+			})
+			stopClients()
+			if n := timeouts.Load(); n > 0 {
+				t.Logf("%d answers were the stand-in's message-timeout 504 (retried)", n)
+			}
 
 			reqs, err := tg.mock.Requests(testCtx(t))
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Logf("%d provider requests while the clients ran", len(reqs))
 			var first time.Time
 			probes := 0
 			for _, r := range reqs {
@@ -193,19 +261,32 @@ func TestHalfOpenProbeAcrossReplicas(t *testing.T) {
 			if probes != 1 {
 				t.Fatalf("%d requests reached key 1 while its probe was out, want exactly one", probes)
 			}
-			k := tg.flowKeys(t, 0, "half")[0]
-			if tt.succeed {
-				// All traffic returned to key 1: the last requests all went there.
-				last := reqs[len(reqs)-8:]
-				for _, r := range last {
-					if tg.keyIndex("half", r.Key) != 0 {
-						t.Fatalf("after the probe succeeded a request still went to key %d", tg.keyIndex("half", r.Key)+1)
+			if !tt.succeed {
+				for i := range tg.adminURLs {
+					waitFor(t, fmt.Sprintf("replica %d to see key 1 cooling again", i+1), 5*time.Second, func() bool {
+						return tg.flowKeys(t, i, "half")[0].scope("gpt-4o-mini").Phase == "cooling"
+					})
+					if sc := tg.flowKeys(t, i, "half")[0].scope("gpt-4o-mini"); sc.Span != 4 {
+						t.Fatalf("after the probe failed replica %d has key 1 %+v, want cooling for 4s (twice 2s)", i+1, sc)
 					}
 				}
 				return
 			}
-			if sc := k.scope("gpt-4o-mini"); sc.Phase != "cooling" || sc.Span != 4 {
-				t.Fatalf("after the probe failed key 1 is %+v, want cooling for 4s (twice 2s)", sc)
+			// All traffic returns to key 1, on both replicas.
+			tg.programKey(t, "half", 0, mockprovider.Behavior{})
+			for i := range tg.adminURLs {
+				waitFor(t, fmt.Sprintf("replica %d to see key 1 back", i+1), 5*time.Second, func() bool {
+					return tg.flowKeys(t, i, "half")[0].scope("gpt-4o-mini").Phase == "available"
+				})
+			}
+			tg.clearRequests(t)
+			for range 8 {
+				if got := tg.chatRequest(t, "half", "gpt-4o-mini", "Bearer "+placeholderKey); got.status != 200 {
+					t.Fatalf("a request after the probe succeeded: %d %s", got.status, got.body)
+				}
+			}
+			if a := tg.attempts(t, "half"); !sameInts(a, []int{0, 0, 0, 0, 0, 0, 0, 0}) {
+				t.Fatalf("after the probe succeeded requests went to keys %v, want key 1 only", a)
 			}
 		})
 	}
@@ -240,6 +321,17 @@ func TestHeadroomSteersAwayBeforeThe429(t *testing.T) {
 	if a := tg.attempts(t, "head"); !sameInts(a, []int{1, 1, 1, 1, 1, 1}) {
 		t.Fatalf("requests while key 1 is out went to keys %v, want key 2 only", a)
 	}
+	// One replica read the spent headroom; both steered away from key 1.
+	var depletions float64
+	for i := range tg.adminURLs {
+		depletions += tg.replicaMetric(t, i, `envoy_keypool_headroom_depletions_total{pool="head"}`)
+		if n := tg.replicaMetric(t, i, `envoy_keypool_headroom_steered_picks_total{pool="head"}`); n == 0 {
+			t.Errorf("replica %d counted no pick steered away from key 1", i+1)
+		}
+	}
+	if depletions != 1 {
+		t.Errorf("the replicas counted %v depletions of key 1, want 1 (one answer read, the other replica told through Redis)", depletions)
+	}
 	// After the reset key 1 serves again.
 	tg.programKey(t, "head", 0, mockprovider.Behavior{})
 	waitFor(t, "key 1 to serve again after its reset", 10*time.Second, func() bool {
@@ -247,6 +339,19 @@ func TestHeadroomSteersAwayBeforeThe429(t *testing.T) {
 		tg.chatRequest(t, "head", "gpt-4o-mini", "Bearer "+placeholderKey)
 		return sameInts(tg.attempts(t, "head"), []int{0})
 	})
+	// On both replicas, once each has heard that key 1 is back.
+	for i := range tg.adminURLs {
+		waitFor(t, fmt.Sprintf("replica %d to list key 1 back", i+1), 5*time.Second, func() bool {
+			return tg.flowKeys(t, i, "head")[0].scope("gpt-4o-mini").Phase == "available"
+		})
+	}
+	tg.clearRequests(t)
+	for range 2 {
+		tg.chatRequest(t, "head", "gpt-4o-mini", "Bearer "+placeholderKey)
+	}
+	if a := tg.attempts(t, "head"); !sameInts(a, []int{0, 0}) {
+		t.Fatalf("after the reset requests went to keys %v, want key 1 on both replicas", a)
+	}
 }
 
 // Rate limits are per model: key 1 limited on model A still serves model B, and

@@ -127,8 +127,24 @@ type answer struct {
 // route, with the given credential header value ("" for none).
 func (tg *target) chatRequest(t *testing.T, pool, model, authorization string) answer {
 	t.Helper()
+	return tg.chatRequestVia(t, http.DefaultClient, pool, model, authorization)
+}
+
+// chatRequestVia is chatRequest through client c.
+func (tg *target) chatRequestVia(t *testing.T, c *http.Client, pool, model, authorization string) answer {
+	t.Helper()
 	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hello"}]}`, model)
-	return tg.post(t, "/"+pool+"/v1/chat/completions", body, map[string]string{"authorization": authorization})
+	return tg.postVia(t, c, "/"+pool+"/v1/chat/completions", body, map[string]string{"authorization": authorization})
+}
+
+// concurrentClient is an HTTP client for n concurrent callers that keeps a
+// connection per caller, as SDK clients do (http.DefaultClient keeps 2 idle
+// connections per host: the others would connect anew on every request).
+func concurrentClient(t *testing.T, n int) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = n
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
 }
 
 // geminiRequest sends a generateContent for model through pool's route.
@@ -140,6 +156,11 @@ func (tg *target) geminiRequest(t *testing.T, pool, model string) answer {
 
 func (tg *target) post(t *testing.T, path, body string, headers map[string]string) answer {
 	t.Helper()
+	return tg.postVia(t, http.DefaultClient, path, body, headers)
+}
+
+func (tg *target) postVia(t *testing.T, c *http.Client, path, body string, headers map[string]string) answer {
+	t.Helper()
 	req, err := http.NewRequestWithContext(testCtx(t), http.MethodPost, tg.url+path, bytes.NewBufferString(body))
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +171,7 @@ func (tg *target) post(t *testing.T, path, body string, headers map[string]strin
 			req.Header.Set(k, v)
 		}
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
