@@ -22,7 +22,8 @@ import (
 // allocFirstAttemptLimit bounds the allocations of what Process does for the request
 // headers of a healthy first attempt (newAttempt, then handle), measured with go1.26:
 //
-//	newAttempt   1  the attempt (its answers' storage included, see answers.go)
+//	newAttempt   1  the attempt (its answers' storage included, see answers.go);
+//	                Process recycles it, so under load it is mostly not allocated
 //	             1  metadata.ValueFromIncomingContext: the pool name's value slice
 //	headers      0  one pass; values read in place (headers.go headerValue)
 //	Pick         0  memory state, first attempt: the local view

@@ -30,6 +30,7 @@ type attempt struct {
 	judged     bool           // the pool heard the attempt's outcome (Fail or Finish)
 	pending    *pendingAnswer // a failure answer waiting for its body
 	answers    answers
+	msg        extprocv3.ProcessingRequest // the message being handled (Process decodes into it)
 }
 
 // handle answers one message; nil means no answer is due.

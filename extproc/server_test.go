@@ -610,3 +610,35 @@ func TestLastStatusPerKey(t *testing.T) {
 		t.Error("a last status for an unknown key")
 	}
 }
+
+// The server recycles a stream's state for later streams: a stream must start with
+// nothing of an earlier one. Each round leaves a stream that picked a key and heard
+// no answer; the next stream's response headers, sent without request headers, must
+// not be judged as that key's answer (a 429 would otherwise fail over and cool it).
+func TestAStreamStartsWithNothingOfAnEarlierOne(t *testing.T) {
+	h := newHarness(t)
+	for round := range 8 {
+		a := h.open("openai")
+		injected(t, a.requestHeaders("x-request-id", fmt.Sprintf("earlier-%d", round)))
+		if err := a.s.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.s.Recv(); !errors.Is(err, io.EOF) {
+			t.Fatalf("round %d: Recv after CloseSend = %v, want io.EOF", round, err)
+		}
+		b := h.open("openai")
+		if v, retry := marker(t, b.responseHeaders(":status", "429", "retry-after", "30")); retry {
+			t.Fatalf("round %d: response headers without request headers were judged (marker %q)", round, v)
+		}
+	}
+	if got := h.metric("envoy_keypool_key_failures_total", nil); got != 0 {
+		t.Errorf("key failures recorded: %v, want 0", got)
+	}
+	for i := range 2 {
+		s := h.open("openai")
+		injected(t, s.requestHeaders("x-request-id", fmt.Sprintf("after-%d", i)))
+		if _, retry := marker(t, s.responseHeaders(":status", "200")); retry {
+			t.Fatalf("a healthy answer asked for a retry")
+		}
+	}
+}

@@ -57,7 +57,9 @@ func TestBenchRunsEveryCaseAgainstEveryServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	args := []string{"--keypool-bin", keypoolBin, "--load-bin", loadBin, "--rounds", "1", "--duration", "200ms",
+	// 500ms per run: under -race on a busy machine a 256-stream closed loop has served
+	// no attempt at all after 200ms.
+	args := []string{"--keypool-bin", keypoolBin, "--load-bin", loadBin, "--rounds", "1", "--duration", "500ms",
 		"--warmup", "50ms", "--rate", "300", "--keys", "2", "--json", jsonOut, "--go-results", goResults}
 	if err := runBench(context.Background(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("bench: %v\nstderr:\n%s", err, stderr.String())
@@ -90,9 +92,17 @@ func TestBenchRunsEveryCaseAgainstEveryServer(t *testing.T) {
 		if (r.Server == serverRedis) != (res.RedisCommandsTotal != nil) {
 			t.Errorf("%s %s %s: redis commands %v", r.Load, r.Mix, r.Server, res.RedisCommandsTotal)
 		}
-		// The pass-through never fails over; envoy-keypool does on a 429 mix.
-		if failsOver := res.Retries > 0; failsOver != (r.Mix == mixFailover && r.Server != serverPassThrough) {
-			t.Errorf("%s %s %s: %d retries", r.Load, r.Mix, r.Server, res.Retries)
+		// The pass-through never fails over; envoy-keypool does on a 429 mix. 10 % of
+		// attempts fail: a run of at least 100 attempts has none with a chance of
+		// 0.9^100 ≈ 3e-5, a shorter one (a slow machine) is not judged on it.
+		wantsRetries := r.Mix == mixFailover && r.Server != serverPassThrough
+		switch {
+		case !wantsRetries && res.Retries > 0:
+			t.Errorf("%s %s %s: %d retries, want none", r.Load, r.Mix, r.Server, res.Retries)
+		case wantsRetries && res.Retries == 0 && res.Attempts >= 100:
+			t.Errorf("%s %s %s: no retry in %d attempts", r.Load, r.Mix, r.Server, res.Attempts)
+		case wantsRetries && res.Retries == 0:
+			t.Logf("%s %s %s: no retry in only %d attempts (slow machine)", r.Load, r.Mix, r.Server, res.Attempts)
 		}
 	}
 	if batch.Summary == nil || len(batch.Summary.Targets) < 4 || len(batch.Summary.Cases) != len(benchLoads)*len(benchMixes)*len(servers) {

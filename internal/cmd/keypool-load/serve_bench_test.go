@@ -42,6 +42,12 @@ var serveUnderLoadOptions = []struct {
 // io.Discard (encoding them is the cost, not the write), metrics to a registry.
 func newServeLikeKeypool(tb testing.TB) extprocv3.ExternalProcessorServer {
 	tb.Helper()
+	return newServeLikeKeypoolAt(tb, slog.LevelInfo)
+}
+
+// newServeLikeKeypoolAt is newServeLikeKeypool logging at level.
+func newServeLikeKeypoolAt(tb testing.TB, level slog.Level) extprocv3.ExternalProcessorServer {
+	tb.Helper()
 	env := map[string]string{}
 	for _, kv := range keyEnv(4) {
 		k, v, _ := strings.Cut(kv, "=")
@@ -63,13 +69,13 @@ func newServeLikeKeypool(tb testing.TB) extprocv3.ExternalProcessorServer {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	log := slog.Make(slogjson.Sink(io.Discard)).Leveled(slog.LevelInfo)
+	log := slog.Make(slogjson.Sink(io.Discard)).Leveled(level)
 	srv, err := extproc.NewServer(extproc.Options{
 		Targets: map[string]*extproc.Target{pc.Name: {Pool: pool, Provider: prov, ModelHeader: pc.ModelHeader}},
 		Headers: extproc.Headers{PoolMetadataKey: cfg.Envoy.PoolMetadataKey, RequestID: cfg.Envoy.RequestIDHeader,
 			AttemptCount: cfg.Envoy.AttemptCountHeader, RetryMarker: cfg.Envoy.RetryMarkerHeader},
 		Logger:         log,
-		LogLevel:       slog.LevelInfo,
+		LogLevel:       level,
 		ClassifyBodies: cfg.Envoy.ClassifiesErrorBodies(),
 		Metrics:        extproc.NewMetrics(prometheus.NewRegistry()),
 	})
@@ -138,6 +144,12 @@ func BenchmarkServeUnderLoad(b *testing.B) {
 	}{
 		{"pass-through", func(testing.TB) extprocv3.ExternalProcessorServer { return extproc.PassThrough{} }},
 		{"keypool", newServeLikeKeypool},
+		// Logs at warn: without the info line of a failure that changes a cooldown
+		// (with the bench's 1ms cooldowns, nearly every failure), what that line
+		// costs under load.
+		{"keypool-warn", func(tb testing.TB) extprocv3.ExternalProcessorServer {
+			return newServeLikeKeypoolAt(tb, slog.LevelWarn)
+		}},
 	}
 	mixes := []struct {
 		name     string
