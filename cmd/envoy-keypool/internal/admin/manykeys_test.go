@@ -63,13 +63,15 @@ func TestAThousandKeyPoolIsServedListedAndMeteredPerKey(t *testing.T) {
 	}
 
 	body := scrape(t, reg)
-	perKey := map[string]int{ // series per key, whatever the traffic
-		"envoy_keypool_key_available{": 1,
-		"envoy_keypool_key_phase{":     3, // available, cooling, probing
+	series := map[string]int{ // by family, whatever the traffic
+		"envoy_keypool_key_available{":        n,
+		"envoy_keypool_key_phase{":            3 * n, // available, cooling, probing
+		"envoy_keypool_key_model_scopes{":     2 * n, // cooling, probing: models are counted, never labels
+		"envoy_keypool_key_cooldown_seconds{": n - 1, // one per cooling key
 	}
-	for family, each := range perKey {
-		if got := strings.Count(body, "\n"+family); got != each*n {
-			t.Errorf("%s: %d series for %d keys, want %d", strings.TrimSuffix(family, "{"), got, n, each*n)
+	for family, want := range series {
+		if got := strings.Count(body, "\n"+family); got != want {
+			t.Errorf("%s: %d series for %d keys, want %d", strings.TrimSuffix(family, "{"), got, n, want)
 		}
 	}
 	for _, k := range keys[:3] {
