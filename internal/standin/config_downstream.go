@@ -10,6 +10,7 @@ import (
 	jsontometadatav3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/json_to_metadata/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 const (
@@ -179,31 +180,19 @@ func buildPredicate(where string, p *xdsmatcherv3.Matcher_MatcherList_Predicate)
 	return nil, fmt.Errorf("%s: %w: predicate without a supported match type", where, ErrUnsupported)
 }
 
-// buildXdsStringMatcher reads xds.type.matcher.v3.StringMatcher like its Envoy twin.
+// buildXdsStringMatcher reads xds.type.matcher.v3.StringMatcher like its Envoy twin:
+// the two messages (and their RegexMatcher) have the same fields under the same
+// numbers, so the xds one is read as Envoy's.
 func buildXdsStringMatcher(where string, m *xdsmatcherv3.StringMatcher) (*stringMatcher, error) {
-	if err := onlyFields(where, m, "exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"); err != nil {
-		return nil, err
+	wire, err := proto.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	sm := &stringMatcher{ignoreCase: m.GetIgnoreCase()}
-	switch p := m.GetMatchPattern().(type) {
-	case *xdsmatcherv3.StringMatcher_Exact:
-		sm.exact = &p.Exact
-	case *xdsmatcherv3.StringMatcher_Prefix:
-		sm.prefix = &p.Prefix
-	case *xdsmatcherv3.StringMatcher_Suffix:
-		sm.suffix = &p.Suffix
-	case *xdsmatcherv3.StringMatcher_Contains:
-		sm.contains = &p.Contains
-	case *xdsmatcherv3.StringMatcher_SafeRegex:
-		re, err := compileFullRegex(p.SafeRegex.GetRegex())
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		sm.re = re
-	default:
-		return nil, fmt.Errorf("%s: %w: string matcher without a supported pattern", where, ErrUnsupported)
+	var twin matcherv3.StringMatcher
+	if err := proto.Unmarshal(wire, &twin); err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	return sm, nil
+	return buildStringMatcher(where, &twin)
 }
 
 // matches evaluates the predicate on the request headers. An absent header gives the
