@@ -30,31 +30,7 @@ func startClusterTarget(t *testing.T) (*target, *testredis.Cluster) {
 	if testing.Verbose() {
 		opts.Log = &testLogWriter{t: t}
 	}
-	s, err := stack.Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tg := &target{url: s.URL, mock: s.Mock, keys: s.Keys, adminToken: s.AdminToken, local: s}
-	for _, r := range s.Replicas {
-		tg.adminURLs = append(tg.adminURLs, "http://"+r.AdminAddr)
-	}
-	t.Cleanup(func() {
-		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
-		if err := s.Close(); err != nil {
-			t.Errorf("stack shutdown: %v", err)
-		}
-		logs := s.Logs()
-		for _, v := range s.KeyValues() {
-			if strings.Contains(logs, v) {
-				t.Errorf("a key value appears in the logs")
-			}
-		}
-		cluster.AssertNoSecrets(t, s.KeyValues()...)
-		if t.Failed() && !testing.Verbose() {
-			t.Logf("logs:\n%s", tail(logs, 80))
-		}
-	})
-	return tg, cluster
+	return launchStack(t, ctx, opts, cluster), cluster
 }
 
 // The failover scenarios on a Redis Cluster: a rate-limited key fails over and

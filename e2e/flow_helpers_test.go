@@ -65,32 +65,11 @@ func startFlowTarget(t *testing.T, o flowOptions) *target {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := stack.Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
+	if redis == nil {
+		return launchStack(t, ctx, opts, nil)
 	}
-	tg := &target{url: s.URL, mock: s.Mock, keys: s.Keys, adminToken: s.AdminToken, local: s, redis: redis}
-	for _, r := range s.Replicas {
-		tg.adminURLs = append(tg.adminURLs, "http://"+r.AdminAddr)
-	}
-	t.Cleanup(func() {
-		http.DefaultTransport.(*http.Transport).CloseIdleConnections()
-		if err := s.Close(); err != nil {
-			t.Errorf("stack shutdown: %v", err)
-		}
-		logs := s.Logs()
-		for _, v := range s.KeyValues() {
-			if strings.Contains(logs, v) {
-				t.Errorf("a key value appears in the logs")
-			}
-		}
-		if redis != nil {
-			redis.AssertNoSecrets(t, s.KeyValues()...)
-		}
-		if t.Failed() && !testing.Verbose() {
-			t.Logf("logs:\n%s", tail(logs, 120))
-		}
-	})
+	tg := launchStack(t, ctx, opts, redis)
+	tg.redis = redis
 	return tg
 }
 

@@ -58,11 +58,26 @@ func startTargetWith(t *testing.T, edit func(*stack.Options)) *target {
 	if edit != nil {
 		edit(&opts)
 	}
+	tg := launchStack(t, ctx, opts, redis)
+	tg.redis = redis
+	return tg
+}
+
+// secretStore is a Redis deployment (one server, a Cluster, Sentinel's set) that a
+// test searches for key values when it ends.
+type secretStore interface {
+	AssertNoSecrets(tb testing.TB, secrets ...string) int
+}
+
+// launchStack starts the local stack and tears it down when the test ends,
+// checking that no key value leaked into any log or into store (nil: no Redis).
+func launchStack(t *testing.T, ctx context.Context, opts stack.Options, store secretStore) *target {
+	t.Helper()
 	s, err := stack.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg := &target{url: s.URL, mock: s.Mock, keys: s.Keys, adminToken: s.AdminToken, local: s, redis: redis}
+	tg := &target{url: s.URL, mock: s.Mock, keys: s.Keys, adminToken: s.AdminToken, local: s}
 	for _, r := range s.Replicas {
 		// A restarted replica comes back on the same addresses.
 		tg.adminURLs = append(tg.adminURLs, "http://"+r.AdminAddr)
@@ -80,9 +95,11 @@ func startTargetWith(t *testing.T, edit func(*stack.Options)) *target {
 				t.Errorf("a key value appears in the logs")
 			}
 		}
-		redis.AssertNoSecrets(t, s.KeyValues()...)
+		if store != nil {
+			store.AssertNoSecrets(t, s.KeyValues()...)
+		}
 		if t.Failed() && !testing.Verbose() {
-			t.Logf("logs:\n%s", tail(logs, 80))
+			t.Logf("logs:\n%s", tail(logs, 120))
 		}
 	})
 	return tg
