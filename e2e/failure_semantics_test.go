@@ -417,7 +417,7 @@ func TestBYOKPoolFailsOverItsOwnRequestsOnly(t *testing.T) {
 			t.Fatalf("request without a client key went to keys %v, want key 1 then key 2 (or key 2 once key 1 cools)", a)
 		}
 	}
-	const own = "sk-client-own-key-0123456789abcdef"
+	const own = "client-own-key-not-real-0123456789abcdef"
 	if err := tg.mock.SetBehavior(testCtx(t), own, mockprovider.Behavior{Failure: mockprovider.FailureRateLimited,
 		Headers: map[string]string{"Retry-After": "30"}}); err != nil {
 		t.Fatal(err)

@@ -219,7 +219,7 @@ func TestAzureDeploymentPathReachesTheProvider(t *testing.T) {
 // sent in x-goog-api-key instead.
 func TestGeminiQueryKeyNeverReachesTheProvider(t *testing.T) {
 	tg := startTarget(t)
-	const clientKey = "AIzaSy-client-own-key-0123456789"
+	const clientKey = "client-own-gemini-key-not-real-0123"
 	url := tg.url + "/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?key=" + clientKey + "&alt=sse"
 	req, err := http.NewRequestWithContext(testCtx(t), http.MethodPost, url,
 		strings.NewReader(`{"contents":[{"parts":[{"text":"hello"}]}]}`))

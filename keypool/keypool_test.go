@@ -157,7 +157,7 @@ func TestOwnsTellsPoolKeysFromOthers(t *testing.T) {
 	}{
 		{"first key", h.keys[0].Value(), true},
 		{"last key", h.keys[2].Value(), true},
-		{"another value", "sk-client-own-key-0123456789", false},
+		{"another value", "client-own-key-not-real-0123456789", false},
 		{"a key's prefix", h.keys[0].Value()[:10], false},
 		{"a key with a suffix", h.keys[0].Value() + "x", false},
 		{"empty", "", false},

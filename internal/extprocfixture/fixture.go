@@ -34,7 +34,7 @@ func (n Names) withDefaults() Names {
 
 // PlaceholderCredential is the credential the client sends: an SDK behind a gateway
 // has to send something, and the server must replace it.
-const PlaceholderCredential = "Bearer sk-placeholder-from-the-sdk"
+const PlaceholderCredential = "Bearer placeholder-from-the-sdk"
 
 // RequestHeaders is the request-headers message of one attempt of an OpenAI SDK chat
 // completion: pseudo-headers, the SDK's own headers, those Envoy adds, and the

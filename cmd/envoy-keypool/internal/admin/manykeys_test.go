@@ -23,7 +23,7 @@ func TestAThousandKeyPoolIsServedListedAndMeteredPerKey(t *testing.T) {
 	clock := fakeclock.New(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	keys := make([]keypool.Key, n)
 	for i := range keys {
-		keys[i] = keypool.NewKey("big", fmt.Sprintf("k%04d", i+1), fmt.Sprintf("sk-many-keys-test-value-%04d", i+1))
+		keys[i] = keypool.NewKey("big", fmt.Sprintf("k%04d", i+1), fmt.Sprintf("many-keys-test-value-not-real-%04d", i+1))
 	}
 	pool, err := keypool.NewPool(keypool.PoolOptions{Name: "big", Clock: clock, State: keypool.NewMemoryState(clock, 0), Keys: keys})
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 	"github.com/envoy-keypool/envoy-keypool/internal/syncbuf"
 )
 
-const panicKeyValue = "sk-test-value-that-must-never-be-logged-0042"
+const panicKeyValue = "test-value-that-must-never-be-logged-0042"
 
 // panickingProcessor panics in the middle of a stream, with a key value in the
 // panic, as a bug on the request path might.
