@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,23 +74,12 @@ func TestFailoverOnARedisCluster(t *testing.T) {
 			}
 			tg.program(t, pool, 0, mockprovider.Behavior{Status: 429, Headers: map[string]string{"Retry-After": "1"}})
 		}
-		var done atomic.Int64
-		stop := make(chan struct{})
-		result := make(chan []error, 1)
-		go func() {
-			_, errs := load(t, tg, 8, stop, func(bool, time.Time) { done.Add(1) })
-			result <- errs
-		}()
-		waitUntilDone := func(n int64) {
-			t.Helper()
-			waitFor(t, fmt.Sprintf("%d requests", n), 30*time.Second, func() bool { return done.Load() >= n })
-		}
-		waitUntilDone(40)
+		l := startLoad(t, tg, 8)
+		l.waitMore(t, 40)
 		// The hash tag alone decides the slot, whatever the stack's prefix.
 		cluster.KillMaster(cluster.MasterOf("{openai}"))
-		waitUntilDone(done.Load() + 80)
-		close(stop)
-		if errs := <-result; len(errs) > 0 {
+		l.waitMore(t, 80)
+		if errs := l.finish().errs; len(errs) > 0 {
 			t.Fatalf("%d requests failed across the master's failover; first: %v", len(errs), errs[0])
 		}
 		for i := range tg.adminURLs {

@@ -15,42 +15,8 @@ import (
 	"time"
 
 	"github.com/envoy-keypool/envoy-keypool/config"
-	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 	"github.com/envoy-keypool/envoy-keypool/internal/stack"
 )
-
-// loadRun is load() running in the background, counting what it did.
-type loadRun struct {
-	done   atomic.Int64
-	stop   chan struct{}
-	result chan loadResult
-}
-
-type loadResult struct {
-	ok   int64
-	errs []error
-}
-
-func startLoad(t *testing.T, tg *target, workers int) *loadRun {
-	l := &loadRun{stop: make(chan struct{}), result: make(chan loadResult, 1)}
-	go func() {
-		ok, errs := load(t, tg, workers, l.stop, func(bool, time.Time) { l.done.Add(1) })
-		l.result <- loadResult{ok, errs}
-	}()
-	return l
-}
-
-// waitMore waits until n more requests than now have ended.
-func (l *loadRun) waitMore(t *testing.T, n int64) {
-	t.Helper()
-	from := l.done.Load()
-	waitFor(t, fmt.Sprintf("%d more requests", n), 60*time.Second, func() bool { return l.done.Load() >= from+n })
-}
-
-func (l *loadRun) finish() loadResult {
-	close(l.stop)
-	return <-l.result
-}
 
 // healthy reports whether the stand-in currently routes ext_proc streams to addr.
 func healthy(tg *target, addr string) bool {
@@ -198,40 +164,6 @@ func TestReplicaKilledUnderLoadFailsOnlyTheRequestsItHeld(t *testing.T) {
 	}
 	t.Logf("%d requests succeeded; %d in flight at the crash failed (%s); %d started after the crash, %d failed",
 		ok, len(held), byStatus(held), startedAfter.Load(), len(after))
-}
-
-// loadEach is load() reporting every request: when it started and how it ended.
-func loadEach(t *testing.T, tg *target, workers int, stop <-chan struct{}, each func(started time.Time, err error)) (int64, int64) {
-	t.Helper()
-	var ok, failed atomic.Int64
-	var wg sync.WaitGroup
-	cases := chatCases()
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c := cases[(w+i)%len(cases)]
-				started := time.Now()
-				text, err := c.chat(testCtx(t), tg)
-				if err == nil && text != mockprovider.ReplyText {
-					err = fmt.Errorf("reply %q", text)
-				}
-				if err != nil {
-					failed.Add(1)
-					err = fmt.Errorf("%s: %w", c.name, err)
-				} else {
-					ok.Add(1)
-				}
-				each(started, err)
-			}
-		})
-	}
-	wg.Wait()
-	return ok.Load(), failed.Load()
 }
 
 // byStatus counts failed requests by the status the client got ("504: 3, 500: 1"):

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -307,70 +306,18 @@ func TestOverloadIsNotAKeyFailure(t *testing.T) {
 	}
 }
 
-// load runs workers clients, each sending requests one after the other until stop
-// is closed, and returns how many succeeded and the errors of those that failed.
-// onDone, when set, hears of each request: whether it succeeded and when it started.
-func load(t *testing.T, tg *target, workers int, stop <-chan struct{}, onDone func(ok bool, started time.Time)) (int64, []error) {
-	t.Helper()
-	var ok atomic.Int64
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	cases := chatCases()
-	for w := range workers {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c := cases[(w+i)%len(cases)]
-				started := time.Now()
-				text, err := c.chat(testCtx(t), tg)
-				if err == nil && text != mockprovider.ReplyText {
-					err = fmt.Errorf("reply %q", text)
-				}
-				if err != nil {
-					mu.Lock()
-					errs = append(errs, fmt.Errorf("%s: %w", c.name, err))
-					mu.Unlock()
-				} else {
-					ok.Add(1)
-				}
-				if onDone != nil {
-					onDone(err == nil, started)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return ok.Load(), errs
-}
-
 func TestRedisKilledMidLoadFailsNoRequest(t *testing.T) {
 	tg := startTarget(t)
 	// Key 1 of each pool fails: every request needs a mark and a shared read.
 	tg.program(t, "openai", 0, mockprovider.Behavior{Status: 429, Headers: map[string]string{"Retry-After": "1"}})
 	tg.program(t, "anthropic", 0, mockprovider.Behavior{Status: 429, Headers: map[string]string{"Retry-After": "1"}})
-	var done atomic.Int64
-	stop := make(chan struct{})
-	result := make(chan []error, 1)
-	go func() {
-		_, errs := load(t, tg, 8, stop, func(bool, time.Time) { done.Add(1) })
-		result <- errs
-	}()
-	waitUntilDone := func(n int64) {
-		t.Helper()
-		waitFor(t, fmt.Sprintf("%d requests", n), 30*time.Second, func() bool { return done.Load() >= n })
-	}
-	waitUntilDone(40)
+	l := startLoad(t, tg, 8)
+	l.waitMore(t, 40)
 	tg.killRedis(t)
-	waitUntilDone(done.Load() + 80)
+	l.waitMore(t, 80)
 	tg.restartRedis(t)
-	waitUntilDone(done.Load() + 80)
-	close(stop)
-	if errs := <-result; len(errs) > 0 {
+	l.waitMore(t, 80)
+	if errs := l.finish().errs; len(errs) > 0 {
 		t.Fatalf("%d requests failed across the Redis outage; first: %v", len(errs), errs[0])
 	}
 	for i := range tg.adminURLs {
