@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -17,12 +16,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/envoy-keypool/envoy-keypool/extproc"
@@ -113,22 +109,9 @@ func newHarnessWith(t *testing.T, edit func(*extproc.Options)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
-	extprocv3.RegisterExternalProcessorServer(gs, srv)
-	go func() { _ = gs.Serve(lis) }()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, clock: clock, srv: srv, reg: reg, client: extprocv3.NewExternalProcessorClient(conn), logs: logs}
-	t.Cleanup(func() {
-		conn.Close()
-		gs.Stop()
-		h.assertNoSecrets()
-	})
+	h := &harness{t: t, clock: clock, srv: srv, reg: reg, logs: logs}
+	t.Cleanup(h.assertNoSecrets) // registered first, so it runs once the server has stopped
+	h.client = serveInProcess(t, srv)
 	return h
 }
 

@@ -50,6 +50,12 @@ func swapServer(t *testing.T, targets map[string]*extproc.Target) (*extproc.Serv
 	if err != nil {
 		t.Fatal(err)
 	}
+	return srv, serveInProcess(t, srv)
+}
+
+// serveInProcess serves srv over an in-memory gRPC connection until the test ends.
+func serveInProcess(t *testing.T, srv *extproc.Server) extprocv3.ExternalProcessorClient {
+	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
 	extprocv3.RegisterExternalProcessorServer(gs, srv)
@@ -64,7 +70,7 @@ func swapServer(t *testing.T, targets map[string]*extproc.Target) (*extproc.Serv
 		conn.Close()
 		gs.Stop()
 	})
-	return srv, extprocv3.NewExternalProcessorClient(conn)
+	return extprocv3.NewExternalProcessorClient(conn)
 }
 
 // swapStream is one attempt's stream, opened and answered step by step.
