@@ -114,13 +114,7 @@ func (l *Listen) IsUnix() bool { return strings.HasPrefix(l.GRPC, UnixPrefix) }
 // SocketPath is the path of GRPC's Unix domain socket ("" for TCP). Both of gRPC's
 // spellings are accepted: "unix:/abs/path" and "unix:///abs/path".
 func (l *Listen) SocketPath() string {
-	if !l.IsUnix() {
-		return ""
-	}
-	p := strings.TrimPrefix(l.GRPC, UnixPrefix)
-	if strings.HasPrefix(p, "//") {
-		p = strings.TrimPrefix(p, "//")
-	}
+	p, _ := KeypoolSocketPath(l.GRPC) // the same two spellings as envoy.keypool_addresses
 	return p
 }
 

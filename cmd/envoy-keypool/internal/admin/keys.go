@@ -120,7 +120,7 @@ func (h *Handler) disableKey(w http.ResponseWriter, r *http.Request) {
 	}
 	keyID := r.PathValue("key")
 	c, err := p.Disable(r.Context(), keyID, d)
-	if h.keyActionFailed(w, p, err) {
+	if h.keyActionFailed(w, err) {
 		return
 	}
 	h.opts.Logger.Info(r.Context(), "key disabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID),
@@ -137,7 +137,7 @@ func (h *Handler) enableKey(w http.ResponseWriter, r *http.Request) {
 	}
 	keyID := r.PathValue("key")
 	err := p.Enable(r.Context(), keyID)
-	if h.keyActionFailed(w, p, err) {
+	if h.keyActionFailed(w, err) {
 		return
 	}
 	h.opts.Logger.Info(r.Context(), "key enabled by an operator", slog.F("pool", p.Name()), slog.F("key", keyID),
@@ -158,7 +158,7 @@ func (h *Handler) pool(w http.ResponseWriter, r *http.Request) (*keypool.Pool, b
 
 // keyActionFailed answers a key action that was not applied at all; false when it
 // was (on this replica at least).
-func (h *Handler) keyActionFailed(w http.ResponseWriter, _ *keypool.Pool, err error) bool {
+func (h *Handler) keyActionFailed(w http.ResponseWriter, err error) bool {
 	switch {
 	case err == nil, errors.Is(err, keypool.ErrPending):
 		return false

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/envoy-keypool/envoy-keypool/cmd/envoy-keypool/internal/cli"
@@ -60,17 +59,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, signals <
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
+		stop := stopSignal(signals, ctx.Done())
 		go func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case sig := <-signals:
-					if sig != syscall.SIGHUP {
-						cancel()
-						return
-					}
-				}
+			select {
+			case <-ctx.Done():
+			case <-stop:
+				cancel()
 			}
 		}()
 	}

@@ -279,13 +279,6 @@ func diffKeys(old, next *config.Config) []keyChange {
 		}
 		return m
 	}
-	pools := func(c *config.Config) []string {
-		var n []string
-		for _, p := range c.Pools {
-			n = append(n, p.Name)
-		}
-		return n
-	}
 	o, n := refs(old), refs(next)
 	var added, removed, rotated, poolsAdded, poolsRemoved []string
 	for id, ref := range n {
@@ -301,15 +294,14 @@ func diffKeys(old, next *config.Config) []keyChange {
 			removed = append(removed, id)
 		}
 	}
-	op, np := pools(old), pools(next)
-	for _, p := range np {
-		if !slices.Contains(op, p) {
-			poolsAdded = append(poolsAdded, p)
+	for _, p := range next.Pools {
+		if _, ok := old.Pool(p.Name); !ok {
+			poolsAdded = append(poolsAdded, p.Name)
 		}
 	}
-	for _, p := range op {
-		if !slices.Contains(np, p) {
-			poolsRemoved = append(poolsRemoved, p)
+	for _, p := range old.Pools {
+		if _, ok := next.Pool(p.Name); !ok {
+			poolsRemoved = append(poolsRemoved, p.Name)
 		}
 	}
 	var out []keyChange

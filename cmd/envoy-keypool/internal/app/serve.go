@@ -199,7 +199,7 @@ func (s *server) shutdown(gs *grpc.Server, hs *health.Server, httpSrv *http.Serv
 
 	done := make(chan struct{})
 	defer close(done)
-	interrupted := secondSignal(signals, done)
+	interrupted := stopSignal(signals, done) // the second one: the first started the shutdown
 	forced := false
 	select {
 	case <-time.After(drain):
@@ -234,9 +234,10 @@ func (s *server) shutdown(gs *grpc.Server, hs *health.Server, httpSrv *http.Serv
 	s.log.Info(bg, "stopped")
 }
 
-// secondSignal delivers the next SIGTERM or SIGINT from signals until done is
-// closed; SIGHUP is ignored during a shutdown. With no signals it never fires.
-func secondSignal(signals <-chan os.Signal, done <-chan struct{}) <-chan os.Signal {
+// stopSignal delivers the next SIGTERM or SIGINT from signals until done is
+// closed; SIGHUP (a reload) is not one and is dropped. With no signals it never
+// fires.
+func stopSignal(signals <-chan os.Signal, done <-chan struct{}) <-chan os.Signal {
 	out := make(chan os.Signal, 1)
 	if signals == nil {
 		return out

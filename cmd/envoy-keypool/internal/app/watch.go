@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -130,7 +131,9 @@ func (w *fileWatcher) run(ctx context.Context) {
 			if !ok {
 				continue
 			}
-			changed = appendUnique(changed, name)
+			if !slices.Contains(changed, name) {
+				changed = append(changed, name)
+			}
 			if timer == nil {
 				timer = time.NewTimer(debounce)
 			} else {
@@ -148,13 +151,4 @@ func (w *fileWatcher) run(ctx context.Context) {
 			changed = nil
 		}
 	}
-}
-
-func appendUnique(list []string, s string) []string {
-	for _, v := range list {
-		if v == s {
-			return list
-		}
-	}
-	return append(list, s)
 }
