@@ -83,7 +83,7 @@ type key struct {
 	ID        string     `json:"id"`
 	Hint      string     `json:"hint"`
 	Available bool       `json:"available"`
-	State     string     `json:"state"` // when the API says it (probing, …)
+	Phase     string     `json:"phase"` // available, cooling or probing
 	Reason    string     `json:"reason"`
 	Until     *time.Time `json:"cooling_until"`
 	Remaining float64    `json:"cooling_seconds_remaining"`
@@ -95,11 +95,11 @@ type pool struct {
 	Keys     []key  `json:"keys"`
 }
 
-// state is how a key is shown: the API's own word when it gives one.
+// state is how a key is shown: its phase, with a disabled key named as such.
 func (k key) state() string {
 	switch {
-	case k.State != "":
-		return k.State
+	case k.Phase == "probing":
+		return "probing"
 	case k.Available:
 		return "available"
 	case k.Reason == "disabled":

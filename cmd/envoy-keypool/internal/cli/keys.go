@@ -51,9 +51,8 @@ func keyPath(pool, keyID, action string) string {
 // changeKey posts a key action and prints the key's state after it.
 func changeKey(ctx context.Context, inv *invocation, stdout io.Writer, path, done string) error {
 	var answer struct {
-		Pool   string `json:"pool"`
-		Status string `json:"status"`
-		Keys   []key  `json:"keys"`
+		Message string `json:"message"` // why the change is pending, on a 202
+		Keys    []key  `json:"keys"`
 	}
 	body, code, err := inv.client.call(ctx, http.MethodPost, path, &answer)
 	if err != nil {
@@ -75,9 +74,8 @@ func changeKey(ctx context.Context, inv *invocation, stdout io.Writer, path, don
 	}
 	if code == http.StatusAccepted {
 		// The replica applied the change but could not reach the shared state: the
-		// other replicas learn of it when it returns.
-		fmt.Fprintf(stdout, "note: applied on this replica only for now (%s); the others follow when the shared state is reachable again\n",
-			answer.Status)
+		// other replicas learn of it when it returns. The API's message says why.
+		fmt.Fprintf(stdout, "note: %s\n", answer.Message)
 	}
 	return nil
 }
