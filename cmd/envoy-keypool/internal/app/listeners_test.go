@@ -337,6 +337,8 @@ func TestRotatedServerCertificateIsUsedForNewConnections(t *testing.T) {
 		t.Error("no key over TLS after the rotation")
 	}
 	// A broken certificate file keeps the one in use.
+	unchanged := regexp.MustCompile(`envoy_keypool_config_reloads_total\{result="unchanged"\} \d+`)
+	before := unchanged.FindString(metrics(t, r.adminAddr))
 	if err := os.WriteFile(filepath.Join(live, "tls.crt"), []byte("not a certificate"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -345,6 +347,13 @@ func TestRotatedServerCertificateIsUsedForNewConnections(t *testing.T) {
 	}
 	if s := serial(); s != 101 {
 		t.Errorf("serial %d after a broken file, want the certificate in use (101)", s)
+	}
+	// The refused certificate is the reload's one result: an error, not "unchanged".
+	waitUntil(t, "the refused certificate in the reload metrics", 10*time.Second, func() bool {
+		return strings.Contains(metrics(t, r.adminAddr), "envoy_keypool_config_last_reload_successful 0")
+	})
+	if after := unchanged.FindString(metrics(t, r.adminAddr)); after != before {
+		t.Errorf("a reload that refused the certificate counted as unchanged: %q, was %q", after, before)
 	}
 }
 

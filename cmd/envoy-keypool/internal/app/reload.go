@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -168,13 +169,12 @@ func (s *server) reload(ctx context.Context, why string) error {
 	var certErr error
 	if s.certs != nil {
 		if certErr = s.certs.reload(); certErr != nil {
-			s.refused(certErr)
 			s.log.Error(ctx, "TLS certificate reload refused; the certificates in use stay", slog.F("trigger", why), slog.Error(certErr))
 		}
 	}
 	cfg, err := s.load()
 	if err != nil {
-		s.refused(err)
+		s.refused(errors.Join(certErr, err))
 		s.log.Error(ctx, "configuration reload refused; the previous configuration keeps serving",
 			slog.F("trigger", why), slog.F("problems", strings.Split(err.Error(), "\n")))
 		return err
@@ -192,7 +192,7 @@ func (s *server) reload(ctx context.Context, why string) error {
 		s.lastReloadErr.Store(nil)
 	}
 	if reflect.DeepEqual(old.cfg, cfg) {
-		s.reloads.result(resultUnchanged)
+		s.settled(certErr, resultUnchanged)
 		s.log.Debug(ctx, "configuration reload: nothing changed", slog.F("trigger", why))
 		return nil
 	}
@@ -201,13 +201,13 @@ func (s *server) reload(ctx context.Context, why string) error {
 		err = s.ext.SetTargets(targets)
 	}
 	if err != nil {
-		s.refused(err)
+		s.refused(errors.Join(certErr, err))
 		s.log.Error(ctx, "configuration reload refused; the previous configuration keeps serving",
 			slog.F("trigger", why), slog.F("problems", []string{err.Error()}))
 		return err
 	}
 	s.cur.Store(next)
-	s.reloads.result(resultSuccess)
+	s.settled(certErr, resultSuccess)
 	fields := []slog.Field{slog.F("trigger", why), slog.F("took", time.Since(start)), slog.F("pools", len(cfg.Pools))}
 	for _, c := range diffKeys(old.cfg, cfg) {
 		fields = append(fields, slog.F(c.what, c.ids))
@@ -352,6 +352,16 @@ func newReloadMetrics(reg prometheus.Registerer) *reloadMetrics {
 	m.lastSuccess.SetToCurrentTime()
 	reg.MustRegister(m.total, m.lastOK, m.lastSuccess)
 	return m
+}
+
+// settled records the result of a reload whose configuration was valid: one
+// result per reload, an error when the certificates were refused.
+func (s *server) settled(certErr error, result string) {
+	if certErr != nil {
+		s.refused(certErr)
+		return
+	}
+	s.reloads.result(result)
 }
 
 // refused records why a reload was refused, for the status page.
