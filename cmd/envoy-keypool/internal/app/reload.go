@@ -261,6 +261,10 @@ func restartOnlyChanges(running, next *config.Config) []string {
 // so that what the snapshot says is what is in force.
 func keepRestartOnly(next, running *config.Config) {
 	next.Listen, next.State, next.Log, next.Shutdown = running.Listen, running.State, running.Log, running.Shutdown
+	e, r := &next.Envoy, running.Envoy
+	e.PoolMetadataKey, e.RequestIDHeader, e.AttemptCountHeader, e.RetryMarkerHeader =
+		r.PoolMetadataKey, r.RequestIDHeader, r.AttemptCountHeader, r.RetryMarkerHeader
+	e.ClassifyErrorBodies = r.ClassifyErrorBodies
 }
 
 type keyChange struct {

@@ -285,6 +285,23 @@ func TestReloadChangingAListenerSaysItNeedsARestart(t *testing.T) {
 	}
 }
 
+// A header name of the ext_proc server is read once: a reload that changes only it
+// warns, keeps the running name, and so changes nothing in service.
+func TestReloadChangingAHeaderNameKeepsTheRunningOne(t *testing.T) {
+	values := map[string]string{"one": "reload-key-one-aaaaaaaaaaaa"}
+	r := startReloadable(t, "", values, "one=one")
+	r.rewrite(r.configFor("one=one") + "envoy: {retry_marker_header: x-other-retry-marker}\n")
+	waitUntil(t, "the reload to be counted", 10*time.Second, func() bool {
+		return strings.Contains(metrics(t, r.adminAddr), `envoy_keypool_config_reloads_total{result="unchanged"} 1`)
+	})
+	if !regexp.MustCompile(`takes effect only after a restart.*"field":"envoy.retry_marker_header"`).MatchString(r.stderr.String()) {
+		t.Errorf("no warning names envoy.retry_marker_header:\n%s", r.stderr.String())
+	}
+	if m := metrics(t, r.adminAddr); !strings.Contains(m, `envoy_keypool_config_reloads_total{result="success"} 0`) {
+		t.Errorf("a reload that changed only a restart-only field counted as applied:\n%s", m)
+	}
+}
+
 func TestReloadLetsAThousandRequestsInFlightFinishOnTheirConfiguration(t *testing.T) {
 	stateBackends(t, func(t *testing.T, state string) {
 		values := map[string]string{"one": "reload-key-one-aaaaaaaaaaaa", "other": "reload-key-other-fffffffff"}
