@@ -97,9 +97,11 @@ func (s *State) Mark(ctx context.Context, pool string, m keypool.Mark) keypool.M
 func (s *State) Corroborate(ctx context.Context, pool string, c keypool.Corroboration) keypool.MarkResult {
 	now := s.now()
 	local := s.view.tried.Add(pool, c.RequestID, c.Scope.Ref, now)
-	member := s.anonMember()
+	var member string
 	if c.RequestID != "" {
 		member = keypool.RequestKey(c.RequestID)
+	} else {
+		member = s.anonMember()
 	}
 	ctx = context.WithoutCancel(ctx)
 	keys := []string{s.keys.meta(pool), s.keys.key(pool, c.Scope.Ref), s.keys.index(pool), s.keys.window(pool, c.Scope, c.Class)}
