@@ -80,7 +80,7 @@ func StartCluster(tb testing.TB, opts ...Option) *Cluster {
 	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
 		tb.Fatalf("testredis: redis-cli --cluster create: %v\n%s", err, tail(string(out), 20))
 	}
-	if err := c.waitFor(ctx, "every node sees a complete, healthy cluster", c.formed); err != nil {
+	if err := pollUntil(ctx, "every node sees a complete, healthy cluster", c.formed); err != nil {
 		tb.Fatalf("testredis: %v", err)
 	}
 	return c
@@ -156,7 +156,7 @@ func (c *Cluster) KillMaster(master *Server) *Server {
 	ctx, cancel := context.WithTimeout(context.Background(), clusterDeadline)
 	defer cancel()
 	var promoted *Server
-	err := c.waitFor(ctx, fmt.Sprintf("a replica of %s promoted and the cluster ok", master.Addr()), func(ctx context.Context) bool {
+	err := pollUntil(ctx, fmt.Sprintf("a replica of %s promoted and the cluster ok", master.Addr()), func(ctx context.Context) bool {
 		promoted = nil
 		for _, n := range c.Masters() {
 			if n != master && c.servesSlot(n, slots[0]) {
@@ -253,11 +253,6 @@ func (c *Cluster) servesSlot(node *Server, slot int) bool {
 		}
 	}
 	return false
-}
-
-// waitFor polls cond until it holds or ctx ends.
-func (c *Cluster) waitFor(ctx context.Context, what string, cond func(ctx context.Context) bool) error {
-	return pollUntil(ctx, what, cond)
 }
 
 // pollUntil polls cond every 20ms until it holds or ctx ends.

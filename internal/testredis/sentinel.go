@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -214,6 +213,5 @@ func replicatesFrom(replica, master *Server) bool {
 		return false
 	}
 	_, port, _ := net.SplitHostPort(master.Addr())
-	p, _ := strconv.Atoi(port)
-	return containsLine(info, "master_port:"+strconv.Itoa(p))
+	return containsLine(info, "master_port:"+port)
 }

@@ -72,10 +72,11 @@ type scopeState struct {
 	holder string
 }
 
-// keyState is a key's state as Redis holds it, or as a message carries it.
+// keyState is a key's state as Redis holds it, or as a message carries it,
+// less o (when an operator last acted on the key): the scripts order changes
+// by it; the view has no use for it.
 type keyState struct {
 	v      int64 // version: the seq of the key's last change
-	o      int64 // when an operator last acted on the key (unix ms); 0: never
 	scopes map[string]scopeState
 }
 
@@ -90,11 +91,11 @@ func parseKeyState(msg string) (pool, ref string, ks keyState, ok bool) {
 		return "", "", ks, false
 	}
 	v, err1 := strconv.ParseInt(f[2], 10, 64)
-	o, err2 := strconv.ParseInt(f[3], 10, 64)
+	_, err2 := strconv.ParseInt(f[3], 10, 64) // o: read only to reject a malformed message
 	if err1 != nil || err2 != nil || f[0] == "" || f[1] == "" {
 		return "", "", ks, false
 	}
-	ks = keyState{v: v, o: o, scopes: map[string]scopeState{}}
+	ks = keyState{v: v, scopes: map[string]scopeState{}}
 	for line := range strings.SplitSeq(rest, "\n") {
 		if line == "" {
 			continue

@@ -97,9 +97,11 @@ func (s *State) Mark(ctx context.Context, pool string, m keypool.Mark) keypool.M
 func (s *State) Corroborate(ctx context.Context, pool string, c keypool.Corroboration) keypool.MarkResult {
 	now := s.now()
 	local := s.view.tried.Add(pool, c.RequestID, c.Scope.Ref, now)
-	member := s.anonMember()
+	var member string
 	if c.RequestID != "" {
 		member = keypool.RequestKey(c.RequestID)
+	} else {
+		member = s.anonMember()
 	}
 	ctx = context.WithoutCancel(ctx)
 	keys := []string{s.keys.meta(pool), s.keys.key(pool, c.Scope.Ref), s.keys.index(pool), s.keys.window(pool, c.Scope, c.Class)}
@@ -231,12 +233,11 @@ func (s *State) applyReply(pool string, scope keypool.Scope, reply []any, local 
 		return res, fmt.Errorf("unexpected reply %v", reply)
 	}
 	changed, _ := reply[0].(int64)
-	msg, _ := reply[1].(string)
-	p, ref, ks, ok := parseKeyState(msg)
-	if !ok || p != pool || ref != scope.Ref {
-		return res, fmt.Errorf("unexpected key state %q", msg)
+	ks, err := keyStateOf(pool, scope.Ref, reply[1])
+	if err != nil {
+		return res, err
 	}
-	s.view.apply(pool, ref, ks, s.now())
+	s.view.apply(pool, scope.Ref, ks, s.now())
 	res.Changed = changed == 1
 	res.Entry = ks.scopes[scope.Model].e
 	if list, ok := reply[2].([]any); ok && len(list) > 0 {
@@ -259,12 +260,22 @@ func (s *State) parseCodeReply(pool, ref string, reply []any) (int64, keyState, 
 		return 0, keyState{}, fmt.Errorf("unexpected reply %v", reply)
 	}
 	code, _ := reply[0].(int64)
-	msg, _ := reply[1].(string)
-	p, r, ks, ok := parseKeyState(msg)
-	if !ok || p != pool || r != ref {
-		return 0, keyState{}, fmt.Errorf("unexpected key state %q", msg)
+	ks, err := keyStateOf(pool, ref, reply[1])
+	if err != nil {
+		return 0, keyState{}, err
 	}
 	return code, ks, nil
+}
+
+// keyStateOf reads a script's reply field that must be the state of the
+// pool's key ref.
+func keyStateOf(pool, ref string, field any) (keyState, error) {
+	msg, _ := field.(string)
+	p, r, ks, ok := parseKeyState(msg)
+	if !ok || p != pool || r != ref {
+		return keyState{}, fmt.Errorf("unexpected key state %q", msg)
+	}
+	return ks, nil
 }
 
 // anonMember names a failure without a request id for a corroboration window:

@@ -390,15 +390,11 @@ func parseSyncReply(pool string, reply []any, keys []pushKey) (int, map[string]*
 		if r == nil {
 			continue
 		}
-		msg, ok := r.(string)
-		if !ok {
+		ks, err := keyStateOf(pool, keys[i].ref, r)
+		if err != nil {
 			return 0, nil, 0, bad
 		}
-		p, ref, ks, ok := parseKeyState(msg)
-		if !ok || p != pool || ref != keys[i].ref {
-			return 0, nil, 0, bad
-		}
-		states[ref] = &ks
+		states[keys[i].ref] = &ks
 	}
 	return int(pushed), states, seq, nil
 }

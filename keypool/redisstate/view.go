@@ -135,12 +135,18 @@ func (v *view) keyLocked(pool, ref string) *localKey {
 	return k
 }
 
+// scopeLocked is the scope's state, nil when it has none. v.mu must be held.
+func (v *view) scopeLocked(pool string, scope keypool.Scope) *localScope {
+	if k := v.pools[pool][scope.Ref]; k != nil {
+		return k.scopes[scope.Model]
+	}
+	return nil
+}
+
 // entryLocked is the scope's entry, zero when it has none. v.mu must be held.
 func (v *view) entryLocked(pool string, scope keypool.Scope) keypool.Entry {
-	if k := v.pools[pool][scope.Ref]; k != nil {
-		if s := k.scopes[scope.Model]; s != nil {
-			return s.e
-		}
+	if s := v.scopeLocked(pool, scope); s != nil {
+		return s.e
 	}
 	return keypool.Entry{}
 }
@@ -306,12 +312,10 @@ func (v *view) overrideLocal(pool, ref string, c keypool.Cooldown, now time.Time
 func (v *view) acquireLocal(pool string, scope keypool.Scope, lease keypool.Lease, now time.Time) (keypool.ProbeGrant, keypool.Entry) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	k := v.pools[pool][scope.Ref]
-	if k == nil || k.scopes[scope.Model] == nil || !now.Before(k.scopes[scope.Model].e.Retires()) {
-		return keypool.ProbeNotNeeded, keypool.Entry{}
-	}
-	s := k.scopes[scope.Model]
+	s := v.scopeLocked(pool, scope)
 	switch {
+	case s == nil || s.e.PhaseAt(now) == keypool.PhaseAvailable:
+		return keypool.ProbeNotNeeded, keypool.Entry{}
 	case s.e.PhaseAt(now) == keypool.PhaseCooling:
 		return keypool.ProbeCooling, s.e
 	case s.e.ProbeHeldAt(now):
@@ -329,14 +333,13 @@ func (v *view) acquireLocal(pool string, scope keypool.Scope, lease keypool.Leas
 func (v *view) endProbeLocal(pool string, scope keypool.Scope, holder string, end keypool.ProbeEnd, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	k := v.pools[pool][scope.Ref]
-	if k == nil || k.scopes[scope.Model] == nil || k.scopes[scope.Model].holder != holder {
+	s := v.scopeLocked(pool, scope)
+	if s == nil || s.holder != holder {
 		return
 	}
-	s := k.scopes[scope.Model]
 	v.noteLocked(pool, scope.Ref)
 	if end == keypool.ProbeSucceeded && s.e.PhaseAt(now) != keypool.PhaseCooling {
-		delete(k.scopes, scope.Model)
+		delete(v.pools[pool][scope.Ref].scopes, scope.Model)
 	} else {
 		s.e.ProbeUntil, s.holder = time.Time{}, ""
 	}
