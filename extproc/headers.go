@@ -25,16 +25,6 @@ func (h headerView) Get(name string) string {
 	return ""
 }
 
-// Has reports whether name (lower case) is present.
-func (h headerView) Has(name string) bool {
-	for _, hv := range h.headers {
-		if hv.GetKey() == name {
-			return true
-		}
-	}
-	return false
-}
-
 // headerValue is hv's value, raw_value first. A raw value is read in place, without
 // a copy: the string shares the message's bytes, which nothing writes after gRPC
 // decoded the message (protobuf-go copies bytes fields out of the wire buffer when

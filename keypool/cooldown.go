@@ -15,15 +15,6 @@ type Cooldown struct {
 // ActiveAt reports whether the key is still cooling down at t.
 func (c Cooldown) ActiveAt(t time.Time) bool { return t.Before(c.Until) }
 
-// Longer returns whichever of c and other ends later: a new mark never shortens a
-// longer one already in place.
-func (c Cooldown) Longer(other Cooldown) Cooldown {
-	if other.Until.After(c.Until) {
-		return other
-	}
-	return c
-}
-
 // Rule bounds the cooldown for one reason.
 type Rule struct {
 	// Default applies when the provider gave no usable hint.
@@ -95,9 +86,4 @@ func (p Policy) Duration(reason Reason, hint Hint) time.Duration {
 		d = hint.After
 	}
 	return min(max(d, rule.Min), rule.Max)
-}
-
-// CooldownAt is the Cooldown that starts at now for reason with the provider's hint.
-func (p Policy) CooldownAt(now time.Time, reason Reason, hint Hint) Cooldown {
-	return Cooldown{Until: now.Add(p.Duration(reason, hint)), Reason: reason}
 }

@@ -20,9 +20,6 @@ type Scope struct {
 	Model string
 }
 
-// KeyWide reports whether s is a key's key-wide scope.
-func (s Scope) KeyWide() bool { return s.Model == "" }
-
 // MaxModelLen is the longest model name kept as the client sent it. Longer names,
 // and names with a character outside [A-Za-z0-9._:/@+-], are replaced by a hash, so
 // a model name is always short and safe in a Redis key, a metric label or a URL.

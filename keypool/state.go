@@ -275,17 +275,3 @@ func (e *PendingError) Unwrap() []error { return []error{ErrPending, e.Err} }
 // two attempts (Envoy's default is 25ms to 250ms), short enough that a finished
 // request never holds state for minutes.
 const DefaultTriedTTL = 10 * time.Second
-
-// DefaultRequestTTL is the old name of DefaultTriedTTL.
-//
-// Deprecated: use DefaultTriedTTL.
-const DefaultRequestTTL = DefaultTriedTTL
-
-// RequestView is the read of State v1's RequestView.
-//
-// Deprecated: State v2 reads cooldowns from View and the tried set from Tried; this
-// type stays until package redisstate has moved to v2.
-type RequestView struct {
-	Cooldowns map[string]Cooldown
-	Tried     []string
-}

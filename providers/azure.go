@@ -49,13 +49,14 @@ func (AzureOpenAI) Classify(status int, h Headers, body []byte, now time.Time) (
 	if !isFailureStatus(status) {
 		return keypool.Failure{}, false
 	}
-	f, ok := classifyOpenAIFormat(status, h, body, now, azureLimits)
+	e, parsed := decodeOpenAIError(body)
+	f, ok := classifyOpenAIError(status, h, e, parsed, now, azureLimits)
 	if !ok || status != 429 || f.Class == keypool.ClassQuota || f.Class == keypool.ClassRequestTooLarge {
 		return f, ok
 	}
 	// Azure's 429 says "exceeded token rate limit … Please retry after N seconds" in
 	// its body: a rate limit with a wait, when the headers gave none.
-	if e, parsed := decodeOpenAIError(body); parsed {
+	if parsed {
 		if hint := retryAfterInMessage(e.Message); hint.Known {
 			f.Class = keypool.ClassRateLimited
 			f.Hint = firstKnown(retryHeaderHint(h, now), hint)

@@ -27,7 +27,7 @@ type Compatible struct {
 
 // CompatibleOptions configures an openai-compatible provider.
 type CompatibleOptions struct {
-	// Preset names one of Presets: its rate-limit headers and default upstream. Default
+	// Preset names one of PresetNames: its rate-limit headers and default upstream. Default
 	// "" (generic: OpenAI's x-ratelimit-* headers, no default upstream).
 	Preset string
 	// AuthHeader is the request header that carries the key, lower case. Default
@@ -98,9 +98,6 @@ var presets = []Preset{
 	{Name: "ollama", BasePath: "/v1",
 		Docs: "Ollama's OpenAI-compatible endpoint: ignores auth, no rate-limit headers"},
 }
-
-// Presets lists the known presets ("" is the generic one), in a stable order.
-func Presets() []Preset { return slices.Clone(presets) }
 
 // PresetNames lists the names a pool's preset may take.
 func PresetNames() []string {

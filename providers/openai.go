@@ -144,11 +144,19 @@ func classifyOpenAIFormat(status int, h Headers, body []byte, now time.Time, lim
 	if !isFailureStatus(status) {
 		return keypool.Failure{}, false
 	}
+	e, parsed := decodeOpenAIError(body)
+	return classifyOpenAIError(status, h, e, parsed, now, limits)
+}
+
+// classifyOpenAIError is classifyOpenAIFormat for a failure status whose body was
+// decoded already (parsed false: no usable body), so that a provider that reads the
+// body further decodes it once.
+func classifyOpenAIError(status int, h Headers, e openAIError, parsed bool, now time.Time, limits []limit) (keypool.Failure, bool) {
 	retry := retryHeaderHint(h, now)
 	reset, spent := resetHint(h, now, limits)
 	class, ok := headerClass(status, retry.Known || spent)
 	var bodyHint keypool.Hint
-	if e, parsed := decodeOpenAIError(body); parsed {
+	if parsed {
 		switch {
 		case e.is("insufficient_quota"):
 			// The account is out of credit: the rate-limit resets say nothing about

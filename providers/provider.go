@@ -148,24 +148,6 @@ func Build(s Spec) (Provider, error) {
 	return nil, fmt.Errorf("unknown provider %q (want one of %s)", s.Name, strings.Join(Names(), ", "))
 }
 
-// DefaultFailureStatuses are the upstream statuses that mark a key unless a pool's
-// configuration narrows them (the pool's failure_statuses field).
-func DefaultFailureStatuses() []int { return []int{401, 403, 429} }
-
-// FailureReason maps one of the statuses a pool's failure_statuses may name to the
-// reason its keys cool down for; Classify is the full classification.
-func FailureReason(status int) (keypool.Reason, bool) {
-	switch status {
-	case 401:
-		return keypool.ReasonUnauthorized, true
-	case 403:
-		return keypool.ReasonForbidden, true
-	case 429:
-		return keypool.ReasonRateLimited, true
-	}
-	return "", false
-}
-
 // ExhaustedError is the client's answer when no key of the pool can serve.
 func ExhaustedError(p Provider, err *keypool.ExhaustedError, requestID string) Response {
 	info := ErrorInfo{Message: err.Error(), RequestID: requestID}

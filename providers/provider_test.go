@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/envoy-keypool/envoy-keypool/keypool"
 	"github.com/envoy-keypool/envoy-keypool/providers"
 )
 
@@ -22,31 +21,6 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := providers.New("gemini-pro-max"); err == nil || !strings.Contains(err.Error(), "unknown provider") {
 		t.Errorf("New(unknown) err = %v", err)
-	}
-}
-
-func TestFailureReason(t *testing.T) {
-	tests := []struct {
-		status int
-		want   keypool.Reason
-		ok     bool
-	}{
-		{401, keypool.ReasonUnauthorized, true},
-		{403, keypool.ReasonForbidden, true},
-		{429, keypool.ReasonRateLimited, true},
-		{200, "", false}, {400, "", false}, {404, "", false},
-		{500, "", false}, {502, "", false}, {503, "", false},
-		{529, "", false}, // Anthropic overloaded: provider-wide, not the key
-	}
-	for _, tt := range tests {
-		if got, ok := providers.FailureReason(tt.status); got != tt.want || ok != tt.ok {
-			t.Errorf("FailureReason(%d) = %q, %v; want %q, %v", tt.status, got, ok, tt.want, tt.ok)
-		}
-	}
-	for _, s := range providers.DefaultFailureStatuses() {
-		if _, ok := providers.FailureReason(s); !ok {
-			t.Errorf("default failure status %d has no reason", s)
-		}
 	}
 }
 
