@@ -277,21 +277,31 @@ func nodeRole(s *Server) (role string, linkUp bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	info, err := s.Client().Info(ctx, "replication").Result()
+	info, err := replicationInfo(ctx, s)
 	if err != nil {
 		return "", false
 	}
+	return info["role"], info["master_link_status"] == "up"
+}
+
+// replicationInfo is the replication section of s's INFO, field by field.
+func replicationInfo(ctx context.Context, s *Server) (map[string]string, error) {
+	raw, err := s.Client().Info(ctx, "replication").Result()
+	if err != nil {
+		return nil, err
+	}
+	return infoFields(raw), nil
+}
+
+// infoFields splits an INFO reply into its field: value lines.
+func infoFields(info string) map[string]string {
+	fields := make(map[string]string)
 	for line := range strings.Lines(info) {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		switch {
-		case !ok:
-		case k == "role":
-			role = v
-		case k == "master_link_status":
-			linkUp = v == "up"
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			fields[k] = v
 		}
 	}
-	return role, linkUp
+	return fields
 }
 
 // clusterPort finds a port p with p and p+10000 (the cluster bus) free, below

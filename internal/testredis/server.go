@@ -191,12 +191,17 @@ func (s *Server) Restart() {
 
 // LoseData empties a replica while it keeps replicating: it misses every write
 // its master took so far, as a replica does that lagged behind when a failover
-// promotes it (replication is asynchronous). It allows writes on the replica
-// (replica-read-only no) and runs FLUSHALL there.
+// promotes it (replication is asynchronous). It first waits until the replica
+// has applied every write its master took so far, so that none of them arrives
+// after the flush, then allows writes on the replica (replica-read-only no) and
+// runs FLUSHALL there. Writes the master takes afterwards replicate as usual.
 func (s *Server) LoseData() {
 	s.tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), clusterDeadline)
 	defer cancel()
+	if err := s.catchUp(ctx); err != nil {
+		s.tb.Fatalf("testredis: %v", err)
+	}
 	c := s.Client()
 	if err := c.ConfigSet(ctx, "replica-read-only", "no").Err(); err != nil {
 		s.tb.Fatalf("testredis: CONFIG SET replica-read-only no: %v", err)
@@ -204,9 +209,39 @@ func (s *Server) LoseData() {
 	if err := c.FlushAll(ctx).Err(); err != nil {
 		s.tb.Fatalf("testredis: FLUSHALL on the replica: %v", err)
 	}
-	if n, err := c.DBSize(ctx).Result(); err != nil || n != 0 {
-		s.tb.Fatalf("testredis: the replica still holds %d keys (%v)", n, err)
+}
+
+// catchUp waits until the replica s has applied its master's replication
+// stream up to the master's offset when catchUp was called.
+func (s *Server) catchUp(ctx context.Context) error {
+	info, err := replicationInfo(ctx, s)
+	if err != nil {
+		return fmt.Errorf("replication info of %s: %w", s.Addr(), err)
 	}
+	if info["role"] != "slave" {
+		return fmt.Errorf("%s is not a replica (role %q)", s.Addr(), info["role"])
+	}
+	master := redis.NewClient(&redis.Options{
+		Addr:     net.JoinHostPort(info["master_host"], info["master_port"]),
+		Password: s.cfg.password,
+	})
+	defer master.Close()
+	raw, err := master.Info(ctx, "replication").Result()
+	if err != nil {
+		return fmt.Errorf("replication info of the master of %s: %w", s.Addr(), err)
+	}
+	target, err := strconv.ParseInt(infoFields(raw)["master_repl_offset"], 10, 64)
+	if err != nil {
+		return fmt.Errorf("master_repl_offset of the master of %s: %w", s.Addr(), err)
+	}
+	return pollUntil(ctx, fmt.Sprintf("replica %s applied its master's writes up to offset %d", s.Addr(), target), func(ctx context.Context) bool {
+		info, err := replicationInfo(ctx, s)
+		if err != nil {
+			return false
+		}
+		applied, err := strconv.ParseInt(info["slave_repl_offset"], 10, 64)
+		return err == nil && applied >= target
+	})
 }
 
 // Running reports whether the server process is up.

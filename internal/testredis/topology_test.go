@@ -2,6 +2,7 @@ package testredis_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +69,38 @@ func TestSentinelPromotesAReplicaOfAKilledMaster(t *testing.T) {
 		t.Fatalf("promoted %s, Sentinels name %s; old %s", promoted.Addr(), s.Master().Addr(), old.Addr())
 	}
 	eventually(t, func(ctx context.Context) (string, error) { return client.Get(ctx, "k").Result() })
+}
+
+// A replica that loses its data right after a burst of writes holds none of
+// them, even those still on their way to it, and still takes the writes that
+// come after.
+func TestLoseDataDropsEveryEarlierWriteAndKeepsLaterOnes(t *testing.T) {
+	s := testredis.StartSentinel(t)
+	ctx := context.Background()
+	master := s.Master()
+	pipe := master.Client().Pipeline()
+	for i := range 5000 {
+		pipe.Set(ctx, fmt.Sprintf("before-%d", i), "x", 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var replicas []*testredis.Server
+	for _, d := range s.Data() {
+		if d != master {
+			d.LoseData()
+			replicas = append(replicas, d)
+		}
+	}
+	if err := master.Client().Set(ctx, "after", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range replicas {
+		eventually(t, func(ctx context.Context) (string, error) { return r.Client().Get(ctx, "after").Result() })
+		if n, err := r.Client().DBSize(ctx).Result(); err != nil || n != 1 {
+			t.Errorf("replica %s holds %d keys (%v), want only the later write", r.Addr(), n, err)
+		}
+	}
 }
 
 // eventually polls get until it returns "v", failing the test after 20s.
