@@ -133,16 +133,22 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s.mock = httptest.NewServer(mock)
 	s.Mock = &mockprovider.Client{BaseURL: s.mock.URL}
 
+	perReplica := 2
+	if opts.UnixSockets {
+		perReplica = 1
+	}
+	addrs, err := freeAddrs(opts.Replicas * perReplica)
+	if err != nil {
+		return nil, err
+	}
 	for i := range opts.Replicas {
-		l := listeners{}
+		l := listeners{admin: addrs[0]}
 		if opts.UnixSockets {
 			l.grpc = config.UnixPrefix + filepath.Join(tempDir, fmt.Sprintf("replica-%d.sock", i+1))
-		} else if l.grpc, err = freeAddr(); err != nil {
-			return nil, err
+		} else {
+			l.grpc = addrs[1]
 		}
-		if l.admin, err = freeAddr(); err != nil {
-			return nil, err
-		}
+		addrs = addrs[perReplica:]
 		s.listen = append(s.listen, l)
 	}
 	cfg, err := s.prepareConfig()
@@ -546,16 +552,22 @@ func (s *Stack) Close() error {
 	return err
 }
 
-// freeAddr returns a loopback address with a port free right now. The replicas
-// need fixed addresses: the stand-in's endpoints are set once, and a restarted
-// replica must come back where it was.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// freeAddrs returns n distinct loopback addresses with ports free right now.
+// The replicas need fixed addresses: the stand-in's endpoints are set once, and
+// a restarted replica must come back where it was. Every listener stays open
+// until all n are taken, or the kernel may hand out a port just released again
+// (a replica given the same port for gRPC and admin refuses to start).
+func freeAddrs(n int) ([]string, error) {
+	addrs := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return addrs, nil
 }
 
 func randomHex(n int) string {
