@@ -86,8 +86,8 @@ func TestBenchRunsEveryCaseAgainstEveryServer(t *testing.T) {
 		if res.Errors != 0 || res.Attempts == 0 {
 			t.Errorf("round %d %s %s %s: %d attempts, errors %v", r.Round, r.Load, r.Mix, r.Server, res.Attempts, res.ErrorsByCode)
 		}
-		if res.ServerCPUSeconds == nil {
-			t.Errorf("%s %s %s: no server CPU read", r.Load, r.Mix, r.Server)
+		if res.ServerCPUSeconds == nil || res.OtherCores == nil || *res.OtherCores < 0 {
+			t.Errorf("%s %s %s: server CPU %v, other work %v cores", r.Load, r.Mix, r.Server, res.ServerCPUSeconds, res.OtherCores)
 		}
 		if (r.Server == serverRedis) != (res.RedisCommandsTotal != nil) {
 			t.Errorf("%s %s %s: redis commands %v", r.Load, r.Mix, r.Server, res.RedisCommandsTotal)
@@ -117,7 +117,7 @@ func TestBenchRunsEveryCaseAgainstEveryServer(t *testing.T) {
 			t.Errorf("Redis commands on healthy attempts: %+v", last.Redis)
 		}
 	}
-	for _, want := range []string{"## Targets (issue 12)", "CPU per attempt, healthy", "## Go benchmarks", "BenchmarkX", "## Every case", "| closed-256 | failover | memory |"} {
+	for _, want := range []string{"## Targets (issue 12)", "other work on the machine", "CPU per attempt, healthy", "## Go benchmarks", "BenchmarkX", "## Every case", "| closed-256 | failover | memory |"} {
 		if !strings.Contains(stdout.String(), strings.TrimPrefix(want, "Benchmark")) {
 			t.Errorf("report lacks %q:\n%s", want, stdout.String())
 		}

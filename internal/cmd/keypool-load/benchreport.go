@@ -25,9 +25,11 @@ func spreadOf(xs []float64) spread {
 
 // benchSummary is the batch's figures: the issue's targets, and every case.
 type benchSummary struct {
-	Load1   spread      `json:"load_average_1m"`
-	Targets []targetRow `json:"targets"`
-	Cases   []caseRow   `json:"cases"`
+	Load1 spread `json:"load_average_1m"`
+	// OtherCores is the CPU the rest of the machine used during the runs.
+	OtherCores spread      `json:"other_cores"`
+	Targets    []targetRow `json:"targets"`
+	Cases      []caseRow   `json:"cases"`
 }
 
 // targetRow is one target of issue 12 and how far each state is from it.
@@ -118,10 +120,13 @@ type runKey struct {
 
 func summarise(b *benchBatch) *benchSummary {
 	runs := map[runKey]result{}
-	var loads []float64
+	var loads, others []float64
 	for _, r := range b.Runs {
 		runs[runKey{r.Round, r.Load, r.Mix, r.Server}] = r.Result
 		loads = append(loads, r.Load1)
+		if r.Result.OtherCores != nil {
+			others = append(others, *r.Result.OtherCores)
+		}
 	}
 	rounds := b.Options.Rounds
 	// values is fig of every round's run of the case; ratios divide each by the
@@ -170,7 +175,7 @@ func summarise(b *benchBatch) *benchSummary {
 		return &s
 	}
 
-	s := &benchSummary{Load1: spreadOf(loads)}
+	s := &benchSummary{Load1: spreadOf(loads), OtherCores: spreadOf(others)}
 	for _, load := range b.Options.Loads {
 		for _, mix := range benchMixes {
 			for _, server := range benchServers {
@@ -242,6 +247,21 @@ func thousands(v float64) string {
 	return s
 }
 
+// busyOtherCores is how much CPU other work may take during the runs before
+// their figures count as noise: a tenth of a core.
+const busyOtherCores = 0.1
+
+// machineWasBusy tells whether other work competed with the runs: by what the
+// rest of the machine used during them, or, for a batch that did not measure
+// it, by a load average above the CPU count. The load average alone cannot
+// tell: the bench's own processes keep it near 2.
+func machineWasBusy(s *benchSummary, cpus int) bool {
+	if s.OtherCores.N > 0 {
+		return s.OtherCores.Median > busyOtherCores
+	}
+	return s.Load1.Median > float64(cpus)
+}
+
 func writeBenchReport(w io.Writer, b *benchBatch) error {
 	m, o, s := b.Machine, b.Options, b.Summary
 	fmt.Fprintf(w, "# keypool-load bench\n\n")
@@ -250,7 +270,11 @@ func writeBenchReport(w io.Writer, b *benchBatch) error {
 	fmt.Fprintf(w, "- %d rounds; each runs every case for %s after a %s warm-up; a pool of %d keys; the load tool on %d gRPC connections\n",
 		o.Rounds, o.Duration, o.Warmup, o.Keys, o.Conns)
 	fmt.Fprintf(w, "- load average (1 min) when the runs started: median %.1f (%.1f–%.1f) on %d CPUs\n", s.Load1.Median, s.Load1.Min, s.Load1.Max, m.CPUs)
-	if s.Load1.Median > float64(m.CPUs) {
+	if s.OtherCores.N > 0 {
+		fmt.Fprintf(w, "- other work on the machine (all but the servers, the load tool and Redis) during the runs: median %.2f cores (%.2f–%.2f)\n",
+			s.OtherCores.Median, s.OtherCores.Min, s.OtherCores.Max)
+	}
+	if machineWasBusy(s, m.CPUs) {
 		fmt.Fprintf(w, "- **the machine was busy with other work: figures measured at this load are noise; repeat when it is quiet**\n")
 	}
 	for _, n := range b.Notes {

@@ -127,6 +127,19 @@ func TestUsageIsPerAttemptAndPerCore(t *testing.T) {
 		t.Errorf("redis commands %v, want 5", r.RedisCommandsTotal)
 	}
 
+	// The rest of the machine is what neither the server, the load tool nor
+	// Redis ran: 3.5 s busy - 0.5 - 1 - 0.5 = 1.5 s over 2 s.
+	o := result{Attempts: 5000, Elapsed: 2}
+	usage{server: 0.5, self: 1, machine: 3.5, hasServer: true, redisCPU: 0.5, hasRedis: true}.fill(&o)
+	if o.OtherCores == nil || !near(*o.OtherCores, 0.75) {
+		t.Errorf("other work %v cores, want 0.75", o.OtherCores)
+	}
+	// Ticks are coarser than a short window: never below zero.
+	usage{server: 0.5, self: 1, machine: 1.4, hasServer: true}.fill(&o)
+	if o.OtherCores == nil || *o.OtherCores != 0 {
+		t.Errorf("other work %v cores, want 0", o.OtherCores)
+	}
+
 	k, b := r, result{Attempts: 5000, Elapsed: 2}
 	usage{server: 0.4, hasServer: true}.fill(&b)
 	if got := ratiosOf(k, b).CPUPerAttempt; !near(got, 1.25) {
@@ -158,6 +171,16 @@ func TestMeterReadsTheServersCPUTime(t *testing.T) {
 	if err := os.WriteFile(stat, []byte(strings.Join(fields, " ")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// /proc/stat, in ticks: user nice system idle iowait irq softirq steal; what
+	// processes ran is user, nice, system and steal.
+	machineStat := func(user, system, idle int) {
+		t.Helper()
+		line := fmt.Sprintf("cpu  %d 10 %d %d 500 5 5 0 0 0\n", user, system, idle)
+		if err := os.WriteFile(filepath.Join(root, "stat"), []byte(line), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	machineStat(1000, 200, 9000)
 	fs, err := procfs.NewFS(root)
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +190,7 @@ func TestMeterReadsTheServersCPUTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	fields[13], fields[14] = "400", "100" // 5 s
+	machineStat(1500, 400, 9900)          // 7 s busy more
 	if err := os.WriteFile(stat, []byte(strings.Join(fields, " ")+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -174,8 +198,8 @@ func TestMeterReadsTheServersCPUTime(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !u.hasServer || !near(u.server, 3) {
-		t.Errorf("server CPU over the window = %v, want 3s", u.server)
+	if !u.hasServer || !near(u.server, 3) || !near(u.machine, 7) {
+		t.Errorf("CPU over the window: server %vs, machine %vs; want 3s, 7s", u.server, u.machine)
 	}
 	if _, err := (&meter{proc: fs, serverPID: 99}).processCPU(); err == nil || !strings.Contains(err.Error(), "server process 99") {
 		t.Errorf("missing process: err = %v, want one naming it", err)
@@ -200,6 +224,51 @@ func TestCommandStatsAreReadPerCommand(t *testing.T) {
 	}
 	if _, err := parseCommandStats("cmdstat_get:calls=x,usec=1"); err == nil {
 		t.Error("a malformed count was read")
+	}
+}
+
+func TestRedisCPUIsReadFromInfo(t *testing.T) {
+	tests := []struct {
+		name, info string
+		want       float64
+		wantErr    bool
+	}{
+		{"both", "# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:2.500000\r\nused_cpu_sys_children:9.0\r\n", 3.75, false},
+		{"with commandstats", "# Commandstats\r\ncmdstat_ping:calls=3,usec=9\r\n\r\n# CPU\r\nused_cpu_sys:0.5\r\nused_cpu_user:0.25\r\n", 0.75, false},
+		{"missing", "# Commandstats\r\ncmdstat_ping:calls=3,usec=9\r\n", 0, true},
+		{"malformed", "used_cpu_sys:x\r\nused_cpu_user:1\r\n", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseRedisCPU(tt.info)
+			if (err != nil) != tt.wantErr || !near(got, tt.want) {
+				t.Errorf("parseRedisCPU = %v, %v; want %v (error %v)", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// The bench's own processes keep a 2-CPU machine's load average near 2: what
+// says the machine was busy is the CPU other work used during the runs.
+func TestMachineIsBusyWhenOtherWorkTakesCPU(t *testing.T) {
+	tests := []struct {
+		name  string
+		load  float64
+		other []float64 // nil: a batch that did not measure it
+		busy  bool
+	}{
+		{"quiet, the bench's own load", 2.5, []float64{0.01, 0.03, 0.02}, false},
+		{"other work alongside", 2.5, []float64{0.4, 0.6, 0.5}, true},
+		{"older batch, low load", 1.5, nil, false},
+		{"older batch, high load", 7.9, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &benchSummary{Load1: spreadOf([]float64{tt.load}), OtherCores: spreadOf(tt.other)}
+			if got := machineWasBusy(s, 2); got != tt.busy {
+				t.Errorf("busy = %v, want %v", got, tt.busy)
+			}
+		})
 	}
 }
 

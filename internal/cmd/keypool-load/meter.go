@@ -14,15 +14,17 @@ import (
 
 // meter reads, at the start and the end of a run's measurement window, what the
 // processes around the load spent: the server's CPU time (/proc/PID/stat, user +
-// system, in the kernel's 10 ms ticks), the load tool's own, and the commands Redis
-// ran (INFO commandstats). A zero meter reads only the load tool's own CPU.
+// system, in the kernel's 10 ms ticks), the load tool's own, the commands Redis
+// ran and its CPU time (INFO commandstats and cpu), and, with a server, the
+// whole machine's busy time (/proc/stat), which tells what other work ran
+// alongside. A zero meter reads only the load tool's own CPU.
 type meter struct {
 	proc      procfs.FS
 	serverPID int           // 0: no server process to read
 	redis     *redis.Client // nil: no Redis to read
 
-	server0, self0 float64
-	cmds0          map[string]int64
+	server0, self0, machine0, redisCPU0 float64
+	cmds0                               map[string]int64
 }
 
 func newMeter(serverPID int, redisAddr string) (*meter, error) {
@@ -48,9 +50,12 @@ func (m *meter) close() {
 
 // usage is what a meter measured over a window.
 type usage struct {
-	server    float64 // CPU seconds; valid when hasServer
-	self      float64
-	redis     map[string]int64 // commands by name; valid when hasRedis
+	server   float64 // CPU seconds; valid when hasServer
+	self     float64
+	machine  float64          // the machine's busy CPU seconds; valid when hasServer
+	redis    map[string]int64 // commands by name; valid when hasRedis
+	redisCPU float64          // Redis's CPU seconds; valid when hasRedis
+	// hasServer: server and machine were read; hasRedis: redis and redisCPU.
 	hasServer bool
 	hasRedis  bool
 }
@@ -62,9 +67,12 @@ func (m *meter) start(ctx context.Context) error {
 		if m.server0, err = m.processCPU(); err != nil {
 			return err
 		}
+		if m.machine0, err = m.machineCPU(); err != nil {
+			return err
+		}
 	}
 	if m.redis != nil {
-		if m.cmds0, err = m.commands(ctx); err != nil {
+		if m.cmds0, m.redisCPU0, err = m.redisInfo(ctx); err != nil {
 			return err
 		}
 	}
@@ -78,16 +86,34 @@ func (m *meter) stop(ctx context.Context) (usage, error) {
 		if err != nil {
 			return u, err
 		}
-		u.server, u.hasServer = cpu-m.server0, true
-	}
-	if m.redis != nil {
-		cmds, err := m.commands(ctx)
+		machine, err := m.machineCPU()
 		if err != nil {
 			return u, err
 		}
-		u.redis, u.hasRedis = commandsSince(m.cmds0, cmds), true
+		u.server, u.machine, u.hasServer = cpu-m.server0, machine-m.machine0, true
+	}
+	if m.redis != nil {
+		cmds, cpu, err := m.redisInfo(ctx)
+		if err != nil {
+			return u, err
+		}
+		u.redis, u.redisCPU, u.hasRedis = commandsSince(m.cmds0, cmds), cpu-m.redisCPU0, true
 	}
 	return u, nil
+}
+
+// machineCPU is the time every CPU of the machine spent running processes, or
+// taken by the hypervisor for others (/proc/stat: user, nice, system and
+// steal; guest time is counted in user already), in seconds. Interrupt time is
+// left out: the kernel charges it to no process, and most of it is the
+// loopback traffic of the run itself.
+func (m *meter) machineCPU() (float64, error) {
+	st, err := m.proc.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("machine CPU time: %w", err)
+	}
+	c := st.CPUTotal
+	return c.User + c.Nice + c.System + c.Steal, nil
 }
 
 func (m *meter) processCPU() (float64, error) {
@@ -102,12 +128,41 @@ func (m *meter) processCPU() (float64, error) {
 	return st.CPUTime(), nil
 }
 
-func (m *meter) commands(ctx context.Context) (map[string]int64, error) {
-	info, err := m.redis.Info(ctx, "commandstats").Result()
+// redisInfo reads the commands Redis ran and its CPU time in one INFO.
+func (m *meter) redisInfo(ctx context.Context) (map[string]int64, float64, error) {
+	info, err := m.redis.Info(ctx, "commandstats", "cpu").Result()
 	if err != nil {
-		return nil, fmt.Errorf("redis INFO commandstats: %w", err)
+		return nil, 0, fmt.Errorf("redis INFO commandstats cpu: %w", err)
 	}
-	return parseCommandStats(info)
+	cmds, err := parseCommandStats(info)
+	if err != nil {
+		return nil, 0, err
+	}
+	cpu, err := parseRedisCPU(info)
+	return cmds, cpu, err
+}
+
+// parseRedisCPU reads the CPU time of the Redis process from INFO cpu
+// (used_cpu_sys plus used_cpu_user, in seconds).
+func parseRedisCPU(info string) (float64, error) {
+	var total float64
+	found := 0
+	for line := range strings.Lines(info) {
+		name, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || name != "used_cpu_sys" && name != "used_cpu_user" {
+			continue
+		}
+		secs, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return 0, fmt.Errorf("redis INFO cpu: %s: %w", name, err)
+		}
+		total += secs
+		found++
+	}
+	if found != 2 {
+		return 0, fmt.Errorf("redis INFO cpu: used_cpu_sys and used_cpu_user missing")
+	}
+	return total, nil
 }
 
 // parseCommandStats reads the calls of each command from INFO commandstats
@@ -167,6 +222,12 @@ func (u usage) fill(r *result) {
 		r.ServerCPUSeconds = &cpu
 		r.ServerCores = div(cpu, r.Elapsed)
 		r.ServerCPUPer1000Attempts = 1e6 * div(cpu, float64(r.Attempts)) // ms per 1,000 attempts
+		other := u.machine - u.server - u.self
+		if u.hasRedis {
+			other -= u.redisCPU
+		}
+		others := div(max(0, other), r.Elapsed)
+		r.OtherCores = &others
 	}
 	if u.hasRedis {
 		r.RedisCommands = u.redis

@@ -64,6 +64,10 @@ type result struct {
 	// The load tool's own CPU time over the window.
 	DriverCPUSeconds float64 `json:"driver_cpu_seconds"`
 	DriverCores      float64 `json:"driver_cores"`
+	// The CPU the rest of the machine used over the window, in cores: all but
+	// the server, the load tool and Redis (with --server-pid). Above a fraction
+	// of a core, other work competed with the run and its figures are noise.
+	OtherCores *float64 `json:"other_cores,omitempty"`
 	// Commands Redis ran over the window (--redis), by name, the meter's INFO left out.
 	RedisCommands      map[string]int64 `json:"redis_commands,omitempty"`
 	RedisCommandsTotal *int64           `json:"redis_commands_total,omitempty"`
