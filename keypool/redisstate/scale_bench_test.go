@@ -73,11 +73,12 @@ func notification(pool, ref string, version, untilMs, atMs int64) string {
 }
 
 // BenchmarkMarkVisibility measures how long a mark made on one of 8 replicas
-// of one Redis takes to reach the local view of all 7 others, marks going
-// round the replicas and across the keys of a 1,000-key pool (so the pool
-// ends with up to 1,000 scopes with state). The baseline, in the same run, is
-// the mark's own call. Reported: p50 and p99 of both, in ms, and their p99
-// ratio.
+// of one Redis takes to reach the local view of another replica (each of the 7
+// others counted on its own), and of all 7, marks going round the replicas and
+// across the keys of a 1,000-key pool (so the pool ends with up to 1,000
+// scopes with state). The baseline, in the same run, is the mark's own call.
+// Reported: p50 and p99 of each, in ms, and the p99 ratio of one replica's
+// visibility to the mark's call.
 func BenchmarkMarkVisibility(b *testing.B) {
 	srv := startRedis(b)
 	const replicas = 8
@@ -87,7 +88,7 @@ func BenchmarkMarkVisibility(b *testing.B) {
 	}
 	keys := testKeys("openai", 1000)
 	ctx := context.Background()
-	var calls, visible []time.Duration
+	var calls, each, all []time.Duration
 	i := 0
 	for b.Loop() {
 		i++
@@ -96,22 +97,31 @@ func BenchmarkMarkVisibility(b *testing.B) {
 		start := time.Now()
 		from.Mark(ctx, "openai", keypool.Mark{Scope: keypool.Scope{Ref: ref}, Cooldown: c, Span: time.Hour})
 		calls = append(calls, time.Since(start))
-		for _, r := range rs {
-			for r != from && !sameCooldown(r.Cooldown("openai", ref), c) {
-				if time.Since(start) > 10*time.Second {
-					b.Fatalf("mark %d not seen by a replica after 10s", i)
-				}
-				runtime.Gosched()
+		// Poll every other replica in turn, noting when each first sees the mark.
+		waiting := slices.DeleteFunc(slices.Clone(rs), func(r *replica) bool { return r == from })
+		for len(waiting) > 0 {
+			if time.Since(start) > 10*time.Second {
+				b.Fatalf("mark %d not seen by %d replicas after 10s", i, len(waiting))
 			}
+			waiting = slices.DeleteFunc(waiting, func(r *replica) bool {
+				seen := sameCooldown(r.Cooldown("openai", ref), c)
+				if seen {
+					each = append(each, time.Since(start))
+				}
+				return seen
+			})
+			runtime.Gosched()
 		}
-		visible = append(visible, time.Since(start))
+		all = append(all, time.Since(start))
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	b.ReportMetric(ms(quantile(calls, 0.5)), "mark-p50-ms")
 	b.ReportMetric(ms(quantile(calls, 0.99)), "mark-p99-ms")
-	b.ReportMetric(ms(quantile(visible, 0.5)), "all-7-see-p50-ms")
-	b.ReportMetric(ms(quantile(visible, 0.99)), "all-7-see-p99-ms")
-	b.ReportMetric(float64(quantile(visible, 0.99))/float64(quantile(calls, 0.99)), "p99-ratio")
+	b.ReportMetric(ms(quantile(each, 0.5)), "one-sees-p50-ms")
+	b.ReportMetric(ms(quantile(each, 0.99)), "one-sees-p99-ms")
+	b.ReportMetric(ms(quantile(all, 0.5)), "all-7-see-p50-ms")
+	b.ReportMetric(ms(quantile(all, 0.99)), "all-7-see-p99-ms")
+	b.ReportMetric(float64(quantile(each, 0.99))/float64(quantile(calls, 0.99)), "p99-ratio")
 }
 
 func quantile(ds []time.Duration, q float64) time.Duration {
