@@ -12,20 +12,20 @@ import (
 	"github.com/envoy-keypool/envoy-keypool/keypool"
 )
 
-// keyView is one key in the key API: its key-wide state, the models for which it has
+// KeyView is one key in the key API: its key-wide state, the models for which it has
 // state of its own, and the last key failure this replica saw.
-type keyView struct {
+type KeyView struct {
 	ID   string `json:"id"`
 	Hint string `json:"hint"`
 	// Available: the key serves requests for models without state of their own.
 	Available bool `json:"available"`
-	scopeView
-	Models      []scopeView      `json:"models,omitempty"`
-	LastFailure *lastFailureView `json:"last_failure,omitempty"`
+	ScopeView
+	Models      []ScopeView  `json:"models,omitempty"`
+	LastFailure *LastFailure `json:"last_failure,omitempty"`
 }
 
-// scopeView is the state of a key for every model (Model empty) or for one model.
-type scopeView struct {
+// ScopeView is the state of a key for every model (Model empty) or for one model.
+type ScopeView struct {
 	Model string `json:"model,omitempty"`
 	// Phase is available, cooling, or probing (the cooldown ended and one request
 	// at a time tries the key).
@@ -40,7 +40,8 @@ type scopeView struct {
 	ProbeUntil *time.Time `json:"probe_until,omitempty"`
 }
 
-type lastFailureView struct {
+// LastFailure is the last key failure this replica saw of a key.
+type LastFailure struct {
 	Class  string    `json:"class"`
 	Action string    `json:"action"`
 	Status int       `json:"status"`
@@ -48,23 +49,52 @@ type lastFailureView struct {
 	At     time.Time `json:"at"`
 }
 
-type poolView struct {
+// PoolView is one pool in the key API, its keys in priority order.
+type PoolView struct {
 	Name     string    `json:"name"`
 	Provider string    `json:"provider"`
 	Strategy string    `json:"strategy"`
-	Keys     []keyView `json:"keys"`
+	Keys     []KeyView `json:"keys"`
 }
 
-func viewKeys(p *keypool.Pool) []keyView {
+// KeyListing is what GET /v1/keys answers.
+type KeyListing struct {
+	Pools []PoolView `json:"pools"`
+}
+
+// KeyChange is what a key action answers: the pool's keys after it, and whether
+// the change reached the shared state ("done") or waits for it ("pending", with
+// Message saying why).
+type KeyChange struct {
+	Keys        []KeyView `json:"keys"`
+	Message     string    `json:"message,omitempty"`
+	Pool        string    `json:"pool"`
+	Propagation string    `json:"propagation"`
+}
+
+// State is how a key is shown: its phase, a disabled key named as such.
+func (k KeyView) State() string {
+	switch {
+	case k.Phase == keypool.PhaseProbing.String():
+		return stateProbing
+	case k.Available:
+		return stateAvailable
+	case k.Reason == string(keypool.ReasonDisabled):
+		return stateDisabled
+	}
+	return stateCooling
+}
+
+func viewKeys(p *keypool.Pool) []KeyView {
 	now := p.Now()
-	out := []keyView{}
+	out := []KeyView{}
 	for _, s := range p.Status() {
-		v := keyView{ID: s.Key.ID(), Hint: s.Key.Hint(), Available: s.Available(now), scopeView: viewScope(s.ScopeStatus, now)}
+		v := KeyView{ID: s.Key.ID(), Hint: s.Key.Hint(), Available: s.Available(now), ScopeView: viewScope(s.ScopeStatus, now)}
 		for _, m := range s.Models {
 			v.Models = append(v.Models, viewScope(m, now))
 		}
 		if f := s.LastFailure; f != nil {
-			v.LastFailure = &lastFailureView{Class: string(f.Class), Action: string(f.Action), Status: f.Status,
+			v.LastFailure = &LastFailure{Class: string(f.Class), Action: string(f.Action), Status: f.Status,
 				Model: f.Model, At: f.At.UTC()}
 		}
 		out = append(out, v)
@@ -72,8 +102,8 @@ func viewKeys(p *keypool.Pool) []keyView {
 	return out
 }
 
-func viewScope(s keypool.ScopeStatus, now time.Time) scopeView {
-	v := scopeView{Model: s.Model, Phase: s.Phase.String()}
+func viewScope(s keypool.ScopeStatus, now time.Time) ScopeView {
+	v := ScopeView{Model: s.Model, Phase: s.Phase.String()}
 	if s.Phase == keypool.PhaseAvailable {
 		return v
 	}
@@ -94,12 +124,12 @@ func viewScope(s keypool.ScopeStatus, now time.Time) scopeView {
 // listKeys: GET /v1/keys, every pool's keys in priority order with their state in
 // this replica's view.
 func (h *Handler) listKeys(w http.ResponseWriter, _ *http.Request) {
-	pools := make([]poolView, 0, len(h.opts.Pools))
+	pools := make([]PoolView, 0, len(h.opts.Pools))
 	for _, p := range h.opts.Pools {
-		pools = append(pools, poolView{Name: p.Pool.Name(), Provider: p.Provider, Strategy: string(p.Pool.Strategy()),
+		pools = append(pools, PoolView{Name: p.Pool.Name(), Provider: p.Provider, Strategy: string(p.Pool.Strategy()),
 			Keys: viewKeys(p.Pool)})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"pools": pools})
+	writeJSON(w, http.StatusOK, KeyListing{Pools: pools})
 }
 
 // disableKey: POST /v1/pools/{pool}/keys/{key}/disable[?for=DURATION], taking the
@@ -174,12 +204,12 @@ func (h *Handler) keyActionFailed(w http.ResponseWriter, err error) bool {
 // state sees it, 202 when it applies on this replica and reaches the shared state
 // (and the other replicas) only when it is reachable again.
 func (h *Handler) keyActionDone(w http.ResponseWriter, p *keypool.Pool, err error) {
-	body := map[string]any{"pool": p.Name(), "keys": viewKeys(p), "propagation": "done"}
+	body := KeyChange{Pool: p.Name(), Keys: viewKeys(p), Propagation: "done"}
 	status := http.StatusOK
 	if err != nil {
 		status = http.StatusAccepted
-		body["propagation"] = "pending"
-		body["message"] = "applied on this replica; the shared state is unreachable, the change reaches it (and the other replicas) when it returns: " + err.Error()
+		body.Propagation = "pending"
+		body.Message = "applied on this replica; the shared state is unreachable, the change reaches it (and the other replicas) when it returns: " + err.Error()
 	}
 	writeJSON(w, status, body)
 }

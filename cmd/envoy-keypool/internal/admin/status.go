@@ -41,9 +41,9 @@ const (
 	stateDisabled  = "disabled"
 )
 
-// statusKey is one key on the status page and in /v1/status: what /metrics exports
+// StatusKey is one key on the status page and in /v1/status: what /metrics exports
 // of it, and never its value or hint.
-type statusKey struct {
+type StatusKey struct {
 	Priority int    `json:"priority"`
 	ID       string `json:"id"`
 	State    string `json:"state"`
@@ -57,26 +57,27 @@ type statusKey struct {
 	Models []string `json:"models,omitempty"`
 }
 
-type statusPool struct {
+// StatusPool is one pool on the status page and in /v1/status.
+type StatusPool struct {
 	Name      string      `json:"name"`
 	Provider  string      `json:"provider"`
 	Available int         `json:"available"`
-	Keys      []statusKey `json:"keys"`
+	Keys      []StatusKey `json:"keys"`
 }
 
-// statusView is the whole status of a replica.
-type statusView struct {
+// Status is the whole status of a replica.
+type Status struct {
 	ProcessInfo
 	// Readiness is ready, degraded or draining, as /readyz says; Reason says why
 	// when degraded.
 	Readiness string       `json:"readiness"`
 	Reason    string       `json:"reason,omitempty"`
 	Now       time.Time    `json:"now"`
-	Pools     []statusPool `json:"pools"`
+	Pools     []StatusPool `json:"pools"`
 }
 
-func (h *Handler) statusView() statusView {
-	v := statusView{Now: h.opts.Clock.Now().UTC(), Readiness: "ready"}
+func (h *Handler) status() Status {
+	v := Status{Now: h.opts.Clock.Now().UTC(), Readiness: "ready"}
 	if h.opts.Info != nil {
 		v.ProcessInfo = h.opts.Info()
 	}
@@ -86,12 +87,12 @@ func (h *Handler) statusView() statusView {
 	case err != nil:
 		v.Readiness, v.Reason = "degraded", err.Error()
 	}
-	v.Pools = make([]statusPool, 0, len(h.opts.Pools))
+	v.Pools = make([]StatusPool, 0, len(h.opts.Pools))
 	for _, p := range h.opts.Pools {
-		sp := statusPool{Name: p.Pool.Name(), Provider: p.Provider, Keys: []statusKey{}}
+		sp := StatusPool{Name: p.Pool.Name(), Provider: p.Provider, Keys: []StatusKey{}}
 		now := p.Pool.Now()
 		for i, s := range p.Pool.Status() {
-			k := statusKey{Priority: i + 1, ID: s.Key.ID(), State: stateAvailable}
+			k := StatusKey{Priority: i + 1, ID: s.Key.ID(), State: stateAvailable}
 			switch {
 			case s.Phase == keypool.PhaseProbing:
 				// The cooldown ended; one request at a time tries the key again.
@@ -127,7 +128,7 @@ func (h *Handler) statusView() statusView {
 
 // apiStatus: GET /v1/status, the replica and its pools for `envoy-keypool status`.
 func (h *Handler) apiStatus(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, h.statusView())
+	writeJSON(w, http.StatusOK, h.status())
 }
 
 //go:embed status.html
@@ -151,7 +152,7 @@ func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Referrer-Policy", "no-referrer")
-	if err := statusTemplate.Execute(w, h.statusView()); err != nil {
+	if err := statusTemplate.Execute(w, h.status()); err != nil {
 		h.opts.Logger.Warn(r.Context(), "status page: render failed", slog.Error(err))
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"time"
 )
 
 // client calls one replica's admin API.
@@ -79,31 +78,3 @@ func (c *client) call(ctx context.Context, method, path string, out any) ([]byte
 }
 
 // key is one key as /v1/keys lists it.
-type key struct {
-	ID        string     `json:"id"`
-	Hint      string     `json:"hint"`
-	Available bool       `json:"available"`
-	Phase     string     `json:"phase"` // available, cooling or probing
-	Reason    string     `json:"reason"`
-	Until     *time.Time `json:"cooling_until"`
-	Remaining float64    `json:"cooling_seconds_remaining"`
-}
-
-type pool struct {
-	Name     string `json:"name"`
-	Provider string `json:"provider"`
-	Keys     []key  `json:"keys"`
-}
-
-// state is how a key is shown: its phase, with a disabled key named as such.
-func (k key) state() string {
-	switch {
-	case k.Phase == "probing":
-		return "probing"
-	case k.Available:
-		return "available"
-	case k.Reason == "disabled":
-		return "disabled"
-	}
-	return "cooling"
-}

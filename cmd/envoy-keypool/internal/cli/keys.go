@@ -9,12 +9,12 @@ import (
 	"net/url"
 	"text/tabwriter"
 	"time"
+
+	"github.com/envoy-keypool/envoy-keypool/cmd/envoy-keypool/internal/admin"
 )
 
 func listKeys(ctx context.Context, inv *invocation, stdout io.Writer) error {
-	var listing struct {
-		Pools []pool `json:"pools"`
-	}
+	var listing admin.KeyListing
 	body, _, err := inv.client.call(ctx, http.MethodGet, "/v1/keys", &listing)
 	if err != nil {
 		return err
@@ -26,7 +26,7 @@ func listKeys(ctx context.Context, inv *invocation, stdout io.Writer) error {
 	fmt.Fprintln(tw, "POOL\tKEY\tHINT\tSTATE\tREASON\tUNTIL\tLEFT")
 	for _, p := range listing.Pools {
 		for _, k := range p.Keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, k.ID, k.Hint, k.state(), k.Reason, until(k.Until), left(k.Remaining))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, k.ID, k.Hint, k.State(), k.Reason, until(k.Until), left(k.Remaining))
 		}
 	}
 	return tw.Flush()
@@ -50,10 +50,7 @@ func keyPath(pool, keyID, action string) string {
 
 // changeKey posts a key action and prints the key's state after it.
 func changeKey(ctx context.Context, inv *invocation, stdout io.Writer, path, done string) error {
-	var answer struct {
-		Message string `json:"message"` // why the change is pending, on a 202
-		Keys    []key  `json:"keys"`
-	}
+	var answer admin.KeyChange
 	body, code, err := inv.client.call(ctx, http.MethodPost, path, &answer)
 	if err != nil {
 		return err
@@ -66,7 +63,7 @@ func changeKey(ctx context.Context, inv *invocation, stdout io.Writer, path, don
 		if k.ID != keyID {
 			continue
 		}
-		fmt.Fprintf(stdout, "%s/%s %s: now %s", poolName, keyID, done, k.state())
+		fmt.Fprintf(stdout, "%s/%s %s: now %s", poolName, keyID, done, k.State())
 		if k.Until != nil {
 			fmt.Fprintf(stdout, " until %s", until(k.Until))
 		}

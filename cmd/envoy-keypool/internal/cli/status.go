@@ -7,41 +7,15 @@ import (
 	"net/http"
 	"text/tabwriter"
 	"time"
-)
 
-// replicaStatus is what /v1/status answers.
-type replicaStatus struct {
-	Version         string    `json:"version"`
-	StateBackend    string    `json:"state_backend"`
-	Started         time.Time `json:"started"`
-	ConfigLoaded    time.Time `json:"config_loaded"`
-	LastReloadError string    `json:"last_reload_error"`
-	Readiness       string    `json:"readiness"`
-	Reason          string    `json:"reason"`
-	Now             time.Time `json:"now"`
-	Pools           []struct {
-		Name      string `json:"name"`
-		Provider  string `json:"provider"`
-		Available int    `json:"available"`
-		Keys      []struct {
-			ID          string     `json:"id"`
-			State       string     `json:"state"`
-			Reason      string     `json:"reason"`
-			Until       *time.Time `json:"until"`
-			SecondsLeft float64    `json:"seconds_left"`
-			LastStatus  *struct {
-				Code int       `json:"code"`
-				At   time.Time `json:"at"`
-			} `json:"last_status"`
-		} `json:"keys"`
-	} `json:"pools"`
-}
+	"github.com/envoy-keypool/envoy-keypool/cmd/envoy-keypool/internal/admin"
+)
 
 // status prints the replica's readiness, version, configuration and pools. It
 // reports a degraded or draining replica without failing: the exit code says only
 // whether the replica answered.
 func status(ctx context.Context, inv *invocation, stdout io.Writer) error {
-	var st replicaStatus
+	var st admin.Status
 	body, _, err := inv.client.call(ctx, http.MethodGet, "/v1/status", &st)
 	if err != nil {
 		return err
