@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/envoy-keypool/envoy-keypool/config"
 	"github.com/envoy-keypool/envoy-keypool/envoy"
+	"github.com/envoy-keypool/envoy-keypool/internal/freeport"
 	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 	"github.com/envoy-keypool/envoy-keypool/internal/standin"
 	"github.com/envoy-keypool/envoy-keypool/internal/syncbuf"
@@ -137,7 +137,9 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if opts.UnixSockets {
 		perReplica = 1
 	}
-	addrs, err := freeAddrs(opts.Replicas * perReplica)
+	// The replicas need fixed addresses: the stand-in's endpoints are set once, and
+	// a restarted replica must come back where it was.
+	addrs, err := freeport.Addrs(opts.Replicas * perReplica)
 	if err != nil {
 		return nil, err
 	}
@@ -550,24 +552,6 @@ func (s *Stack) Close() error {
 		_ = os.RemoveAll(s.tempDir)
 	})
 	return err
-}
-
-// freeAddrs returns n distinct loopback addresses with ports free right now.
-// The replicas need fixed addresses: the stand-in's endpoints are set once, and
-// a restarted replica must come back where it was. Every listener stays open
-// until all n are taken, or the kernel may hand out a port just released again
-// (a replica given the same port for gRPC and admin refuses to start).
-func freeAddrs(n int) ([]string, error) {
-	addrs := make([]string, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		addrs = append(addrs, l.Addr().String())
-	}
-	return addrs, nil
 }
 
 func randomHex(n int) string {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/freeport"
 )
 
 // SkipEnv is the environment variable that, set to 1, skips tests needing
@@ -86,7 +88,7 @@ func Start(tb testing.TB, opts ...Option) *Server {
 		}
 		tb.Fatalf("redis-server not found in PATH: install redis-server (apt-get install redis-server), or set %s=1 to skip these tests", SkipEnv)
 	}
-	s := &Server{tb: tb, bin: bin, dir: tb.TempDir(), cfg: config{port: freePort}}
+	s := &Server{tb: tb, bin: bin, dir: tb.TempDir(), cfg: config{port: freeport.Port}}
 	for _, o := range opts {
 		o(&s.cfg)
 	}
@@ -417,15 +419,6 @@ func (s *Server) cleanup() {
 	if err := s.stop(); err != nil {
 		s.tb.Errorf("testredis: %v", err)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func tail(s string, lines int) string {

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/envoy-keypool/envoy-keypool/internal/freeport"
 	"github.com/envoy-keypool/envoy-keypool/internal/mockprovider"
 	"github.com/envoy-keypool/envoy-keypool/internal/stack"
 )
@@ -120,12 +121,10 @@ func startRedis(ctx context.Context) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Port()
 	if err != nil {
 		return "", nil, err
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	dir, err := os.MkdirTemp("", "keypool-demo-redis-")
 	if err != nil {
 		return "", nil, err

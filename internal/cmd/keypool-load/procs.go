@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/freeport"
 )
 
 // pinning runs processes on given CPUs with taskset (util-linux), when the machine
@@ -128,20 +129,9 @@ var (
 	redisReady       = regexp.MustCompile(`Ready to accept connections`)
 )
 
-// freePort is a loopback port free at the time of the call, for a program that
-// cannot be told to take port 0 and say which it got (redis-server).
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // startRedis runs redis-server on a free loopback port, without persistence, on cpu.
 func startRedis(ctx context.Context, pin pinning, cpu int, path, dir string) (*process, string, error) {
-	port, err := freePort()
+	port, err := freeport.Port()
 	if err != nil {
 		return nil, "", err
 	}

@@ -1,14 +1,17 @@
-package stack
+package freeport_test
 
 import (
 	"net"
+	"strconv"
 	"testing"
+
+	"github.com/envoy-keypool/envoy-keypool/internal/freeport"
 )
 
 // The replicas of a stack each get two listeners: no two of them may share a
 // port, or a replica refuses to start.
 func TestFreeAddrsAreDistinctLoopbackAddresses(t *testing.T) {
-	addrs, err := freeAddrs(64)
+	addrs, err := freeport.Addrs(64)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,4 +29,19 @@ func TestFreeAddrsAreDistinctLoopbackAddresses(t *testing.T) {
 		}
 		seen[a] = true
 	}
+}
+
+func TestPortIsOneThatCanBeListenedOn(t *testing.T) {
+	port, err := freeport.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if port <= 0 || port > 65535 {
+		t.Fatalf("port %d", port)
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatalf("listen on the free port %d: %v", port, err)
+	}
+	l.Close()
 }
