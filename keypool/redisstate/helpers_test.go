@@ -10,6 +10,7 @@ import (
 
 	"cdr.dev/slog/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/envoy-keypool/envoy-keypool/internal/fakeclock"
@@ -120,37 +121,34 @@ func newHealthyReplica(t testing.TB, opts Options) *replica {
 	return r
 }
 
-// gauge reads the value of a gauge metric from the replica's registry.
+// gauge reads the value of an unlabelled gauge from the replica's registry.
 func (r *replica) gauge(t *testing.T, name string) float64 {
 	t.Helper()
-	mfs, err := r.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
+	return r.metric(t, name).GetGauge().GetValue()
 }
 
 // counterMetric reads the value of an unlabelled counter from the replica's
 // registry.
 func (r *replica) counterMetric(t *testing.T, name string) float64 {
 	t.Helper()
+	return r.metric(t, name).GetCounter().GetValue()
+}
+
+// metric is the first series of the metric family name in the replica's
+// registry.
+func (r *replica) metric(t *testing.T, name string) *dto.Metric {
+	t.Helper()
 	mfs, err := r.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			return mf.GetMetric()[0]
 		}
 	}
 	t.Fatalf("metric %s not registered", name)
-	return 0
+	return nil
 }
 
 // waitFor waits until cond holds, failing the test with what after a generous
